@@ -1,0 +1,9 @@
+//! Accelerators: fast paths and caches in front of the store. Each may lose
+//! its state at any moment; correctness never depends on them.
+//!
+//! Embedded implementations live in-process. Scale-out (Redis) versions
+//! implement the same traits.
+
+pub mod seat_locks;
+
+pub use seat_locks::{InProcessSeatLocks, LockOutcome, SeatLocks};

@@ -1,0 +1,132 @@
+//! Extractors that turn every malformed request into a problem document:
+//! JSON bodies, query strings, and the two kinds of bearer auth.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::customer::TokenHash;
+use crate::store::Customer;
+
+/// `axum::Json`, but a bad body becomes a problem document:
+/// 400 `malformed_json` (not JSON, not UTF-8), 422 `invalid_body` (JSON of
+/// the wrong shape), 415 `unsupported_media_type`, 413 `payload_too_large`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_problem(rejection)),
+        }
+    }
+}
+
+fn json_problem(r: JsonRejection) -> ApiError {
+    let detail = r.body_text();
+    match r {
+        JsonRejection::JsonDataError(_) => ApiError::unprocessable("invalid_body", detail),
+        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("malformed_json", detail),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+        }
+        other => ApiError::bad_request("unreadable_body", other.body_text()),
+    }
+}
+
+/// `axum::extract::Query` with 400 `invalid_query` on failure.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r @ QueryRejection::FailedToDeserializeQueryString(_)) => {
+                Err(ApiError::bad_request("invalid_query", r.body_text()))
+            }
+            Err(r) => Err(ApiError::bad_request("invalid_query", r.body_text())),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(ApiError::unauthorized("send Authorization: Bearer <token>")),
+    }
+}
+
+/// A signed-in customer, from `POST /v1/sessions`'s token.
+pub struct CurrentCustomer(pub Customer);
+
+impl FromRequestParts<AppState> for CurrentCustomer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if token.len() > 256 {
+            return Err(ApiError::unauthorized("unknown or expired session token"));
+        }
+        let hash = TokenHash::of(token);
+        if let Some(c) = state.sessions.get(&hash) {
+            return Ok(CurrentCustomer(c));
+        }
+        match state.store.session_customer(hash, state.clock.now()).await? {
+            Some(c) => {
+                state.sessions.insert(hash, c.clone());
+                Ok(CurrentCustomer(c))
+            }
+            None => Err(ApiError::unauthorized("unknown or expired session token")),
+        }
+    }
+}
+
+/// The operator, holding `BOXOFFICE_ADMIN_TOKEN`. Any other bearer token
+/// (a customer's, say) is 403; no token is 401.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = TokenHash::of(bearer(parts)?);
+        if bool::from(presented.0.ct_eq(&state.admin_token_hash.0)) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::forbidden("this needs the admin token"))
+        }
+    }
+}
+
+/// A single path segment as text; undecodable segments are 404 `not_found`.
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(_) => Err(ApiError::not_found("not_found", "no such resource")),
+        }
+    }
+}

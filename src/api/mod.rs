@@ -1,0 +1,142 @@
+//! The HTTP API: axum handlers, problem+json errors, auth, the OpenAPI
+//! document. Handlers are thin: they parse input into domain types, call
+//! the booking service or the store, and render the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{BoxError, Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::booking::BookingService;
+use crate::domain::customer::TokenHash;
+use crate::domain::ids::EventId;
+use crate::domain::time::Clock;
+use crate::store::{Availability, Customer, DynStore};
+
+pub mod catalog;
+pub mod error;
+pub mod extract;
+pub mod holds;
+pub mod openapi;
+pub mod ops;
+pub mod sessions;
+
+pub use error::ApiError;
+
+/// Everything a handler may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    pub booking: BookingService,
+    pub clock: Arc<dyn Clock>,
+    /// SHA-256 of the admin token; compared in constant time.
+    pub admin_token_hash: TokenHash,
+    pub session_ttl: Duration,
+    /// Token → customer, so a hot path does not read the database per request.
+    pub sessions: moka::sync::Cache<TokenHash, Customer>,
+    /// Availability counts, at most a second old.
+    pub availability: moka::sync::Cache<EventId, Arc<Availability>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(
+        booking: BookingService,
+        admin_token: &str,
+        session_ttl: Duration,
+        metrics: Option<PrometheusHandle>,
+    ) -> AppState {
+        AppState {
+            store: booking.store().clone(),
+            clock: booking.clock().clone(),
+            booking,
+            admin_token_hash: TokenHash::of(admin_token),
+            session_ttl,
+            sessions: moka::sync::Cache::builder().max_capacity(200_000).time_to_live(Duration::from_secs(60)).build(),
+            availability: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            metrics,
+        }
+    }
+}
+
+/// Request limits applied to every route.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    /// Venue seat maps can be large; they get their own limit.
+    pub max_venue_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 64 * 1024,
+            max_venue_body_bytes: 32 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Only the operator endpoints, for worker-role processes.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("not_found", "this process runs background jobs only") })
+        .with_state(state)
+}
+
+pub fn router(state: AppState, limits: &HttpLimits) -> Router {
+    router_with(state, limits, Router::new())
+}
+
+/// The full router plus `extra` routes, which get the same middleware
+/// stack. The benchmark uses this to add its no-op baseline route.
+pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/sessions", post(sessions::create_session))
+        .route("/venues", post(catalog::create_venue).layer(DefaultBodyLimit::max(limits.max_venue_body_bytes)))
+        .route("/venues/{id}", get(catalog::get_venue))
+        .route("/events", post(catalog::create_event).get(catalog::search_events))
+        .route("/events/{id}", get(catalog::get_event).patch(catalog::patch_event))
+        .route("/events/{id}/availability", get(catalog::availability))
+        .route("/events/{id}/seats", get(catalog::seats))
+        .route("/events/{id}/holds", post(holds::create_hold))
+        .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold));
+
+    let timeout = limits.request_timeout;
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::ApiDoc::openapi()) }))
+        .merge(extra)
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")
+        })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::unavailable("timeout", "the request took too long; retry")
+                }))
+                .timeout(timeout),
+        )
+        .with_state(state)
+}

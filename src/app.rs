@@ -1,0 +1,147 @@
+//! Wiring: builds the store, accelerators, services and router from a
+//! [`Config`], binds the listener, and runs until shutdown.
+//!
+//! `Application::build` binds before it returns, so tests can listen on
+//! port 0 and ask for [`Application::port`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::accelerators::InProcessSeatLocks;
+use crate::api::{self, AppState, HttpLimits};
+use crate::booking::BookingService;
+use crate::config::{Config, Database};
+use crate::domain::time::Clock;
+use crate::jobs::sweeper;
+use crate::store::sqlite::SqliteStore;
+use crate::store::DynStore;
+use crate::telemetry;
+
+/// Which parts of the service this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API and the background jobs.
+    All,
+    /// Only the HTTP API.
+    Api,
+    /// Only the background jobs (plus /healthz, /readyz, /metrics).
+    Worker,
+}
+
+/// Opens the configured source of truth, migrating it.
+pub fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+    match config.database()? {
+        Database::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path, config.sqlite_synchronous)?)),
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    role: Role,
+    sweep_period: Duration,
+}
+
+impl Application {
+    pub async fn build(config: &Config, role: Role, clock: Arc<dyn Clock>, admin_token: &str) -> anyhow::Result<Self> {
+        let store = open_store(config)?;
+        Self::build_with_store(config, role, clock, admin_token, store, Router::new()).await
+    }
+
+    /// Like [`Application::build`] with a given store and extra routes
+    /// (the benchmark's no-op baseline) behind the same middleware.
+    pub async fn build_with_store(
+        config: &Config,
+        role: Role,
+        clock: Arc<dyn Clock>,
+        admin_token: &str,
+        store: DynStore,
+        extra: Router<AppState>,
+    ) -> anyhow::Result<Self> {
+        let booking = BookingService::new(store, Arc::new(InProcessSeatLocks::new()), clock);
+        let state = AppState::new(
+            booking,
+            admin_token,
+            Duration::from_secs(config.session_ttl_hours * 3600),
+            telemetry::metrics_handle(),
+        );
+        let limits = HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_seconds),
+            ..HttpLimits::default()
+        };
+        let router = match role {
+            Role::Worker => api::ops_router(state.clone()),
+            Role::All | Role::Api => api::router_with(state.clone(), &limits, extra),
+        };
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        Ok(Application {
+            listener,
+            router,
+            state,
+            role,
+            sweep_period: Duration::from_secs(config.sweep_interval_seconds),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests
+    /// and stops the background jobs.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let jobs = match self.role {
+            Role::All | Role::Worker => {
+                Some(tokio::spawn(sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone())))
+            }
+            Role::Api => None,
+        };
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        stop.cancel();
+        if let Some(j) = jobs {
+            let _ = j.await;
+        }
+        served.context("HTTP server failed")
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: draining requests and stopping jobs");
+}

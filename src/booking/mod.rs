@@ -1,0 +1,148 @@
+//! The booking service: the one place that puts the fast path and the
+//! store together for a hold. The HTTP layer and the in-process benchmark
+//! both call it.
+//!
+//! Flow of a hold on explicit seats:
+//! 1. lock every seat in the fast path with the new hold's id, or answer
+//!    409 at once if any is locked by another hold;
+//! 2. place the hold in the store: one transaction, one conditional UPDATE
+//!    over the seats, all or nothing. This is the only decision that counts;
+//! 3. on success extend the locks to the hold's expiry; on failure release
+//!    them (compare-and-delete).
+//!
+//! Best-available and GA holds go straight to the store, which chooses
+//! inside its transaction; the chosen seats are then locked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::accelerators::{LockOutcome, SeatLocks};
+use crate::domain::hold::{Hold, Selection};
+use crate::domain::ids::{EventId, HoldId, SeatId};
+use crate::domain::time::Clock;
+use crate::store::{Customer, DynStore, ExpiredHold, HoldPlacement, HoldRejection, ReleaseOutcome, StoreError};
+
+/// How long a lock taken before the database answers may live. Long enough
+/// for any store call to finish; short enough that a lost request frees the
+/// seat's fast path quickly.
+const PENDING_LOCK_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("hold rejected: {0:?}")]
+    Rejected(HoldRejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct BookingService {
+    store: DynStore,
+    locks: Arc<dyn SeatLocks>,
+    clock: Arc<dyn Clock>,
+}
+
+impl BookingService {
+    pub fn new(store: DynStore, locks: Arc<dyn SeatLocks>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, locks, clock }
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    #[tracing::instrument(skip_all, fields(event.id = %event_id, customer.id = %customer.id))]
+    pub async fn place_hold(
+        &self,
+        customer: &Customer,
+        event_id: &EventId,
+        selection: Selection,
+    ) -> Result<Hold, HoldError> {
+        let hold_id = HoldId::generate();
+        let now = self.clock.now();
+        let explicit: Option<Vec<SeatId>> = match &selection {
+            Selection::Seats(s) => Some(s.clone()),
+            _ => None,
+        };
+
+        let mut locked = false;
+        if let Some(seats) = &explicit {
+            match self.locks.try_lock(event_id, seats, &hold_id, now.plus(PENDING_LOCK_TTL), now).await {
+                Ok(LockOutcome::Acquired) => locked = true,
+                Ok(LockOutcome::Conflict(taken)) => {
+                    metrics::counter!("boxoffice_fastpath_rejections_total").increment(1);
+                    return Err(HoldError::Rejected(HoldRejection::Unavailable(
+                        taken.iter().map(|s| s.as_str().to_owned()).collect(),
+                    )));
+                }
+                Err(e) => {
+                    // Degraded: the database alone still decides correctly.
+                    metrics::counter!("boxoffice_fastpath_errors_total").increment(1);
+                    tracing::warn!(error = %e, "seat-lock fast path unavailable; going to the database");
+                }
+            }
+        }
+
+        let placement = HoldPlacement {
+            hold_id: hold_id.clone(),
+            event_id: event_id.clone(),
+            customer: customer.clone(),
+            selection,
+            now,
+        };
+        let result = self.store.place_hold(placement).await;
+
+        match &result {
+            Ok(Ok(hold)) => {
+                metrics::counter!("boxoffice_holds_placed_total").increment(1);
+                if !hold.seats.is_empty() {
+                    if let Err(e) = self.locks.set(event_id, &hold.seats, &hold.id, hold.expires_at).await {
+                        tracing::warn!(error = %e, "could not record a placed hold in the fast path");
+                    }
+                }
+            }
+            _ => {
+                metrics::counter!("boxoffice_holds_rejected_total").increment(1);
+                if let (true, Some(seats)) = (locked, &explicit) {
+                    if let Err(e) = self.locks.release(event_id, seats, &hold_id).await {
+                        tracing::warn!(error = %e, "could not release fast-path locks");
+                    }
+                }
+            }
+        }
+        result?.map_err(HoldError::Rejected)
+    }
+
+    /// The customer's own hold; anyone else's reads as absent.
+    pub async fn hold_for(&self, customer: &Customer, id: &HoldId) -> Result<Option<Hold>, StoreError> {
+        Ok(self.store.hold(id).await?.filter(|h| h.customer_id == customer.id))
+    }
+
+    pub async fn release(&self, customer: &Customer, id: &HoldId) -> Result<ReleaseOutcome, StoreError> {
+        let outcome = self.store.release_hold(id, &customer.id, self.clock.now()).await?;
+        if let ReleaseOutcome::Released(h) | ReleaseOutcome::AlreadyEnded(h) = &outcome {
+            self.forget_locks(&h.event_id, &h.seats, &h.id).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Drops fast-path locks for holds the sweeper ended.
+    pub async fn forget_expired(&self, expired: &[ExpiredHold]) {
+        for h in expired {
+            self.forget_locks(&h.event_id, &h.seats, &h.id).await;
+        }
+    }
+
+    async fn forget_locks(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) {
+        if seats.is_empty() {
+            return;
+        }
+        if let Err(e) = self.locks.release(event, seats, owner).await {
+            tracing::warn!(error = %e, "could not release fast-path locks");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Configuration: built-in defaults, then an optional TOML file, then
+//! `BOXOFFICE_*` environment variables, each overriding the one before.
+//! Every option and its default is listed in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::store::sqlite::Synchronous;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `BOXOFFICE_LISTEN`: the address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// `BOXOFFICE_DATA_DIR`: home of the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// `BOXOFFICE_DATABASE_URL`: overrides `data_dir`. `sqlite://PATH`.
+    pub database_url: Option<String>,
+    /// `BOXOFFICE_ADMIN_TOKEN`: bearer token for admin endpoints. When
+    /// unset, `serve` and `demo` generate one and print it once.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<String>,
+    /// `BOXOFFICE_SQLITE_SYNCHRONOUS`: `full` (default) or `normal`.
+    pub sqlite_synchronous: Synchronous,
+    /// `BOXOFFICE_SWEEP_INTERVAL_SECONDS`: how often lapsed holds are tidied.
+    pub sweep_interval_seconds: u64,
+    /// `BOXOFFICE_SESSION_TTL_HOURS`: how long a customer session lasts.
+    pub session_ttl_hours: u64,
+    /// `BOXOFFICE_MAX_BODY_BYTES`: request body limit (venues get 32 MiB).
+    pub max_body_bytes: usize,
+    /// `BOXOFFICE_REQUEST_TIMEOUT_SECONDS`: every request's deadline.
+    pub request_timeout_seconds: u64,
+    /// `BOXOFFICE_LOG`: a tracing filter such as `info` or `boxoffice=debug`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            admin_token: None,
+            sqlite_synchronous: Synchronous::Full,
+            sweep_interval_seconds: 5,
+            session_ttl_hours: 24 * 30,
+            max_body_bytes: 64 * 1024,
+            request_timeout_seconds: 30,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Where the source of truth lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given, it must exist; otherwise
+    /// `./boxoffice.toml` if present), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => {
+                if !f.exists() {
+                    bail!("config file {} does not exist", f.display());
+                }
+                fig = fig.merge(Toml::file(f));
+            }
+            None if Path::new("boxoffice.toml").exists() => fig = fig.merge(Toml::file("boxoffice.toml")),
+            None => {}
+        }
+        fig = fig.merge(Env::prefixed("BOXOFFICE_").ignore(&["config"]));
+        let c: Config = fig.extract().context("reading configuration")?;
+        if c.max_body_bytes < 1024 {
+            bail!("max_body_bytes must be at least 1024");
+        }
+        if c.request_timeout_seconds == 0 {
+            bail!("request_timeout_seconds must be at least 1");
+        }
+        if c.sweep_interval_seconds == 0 {
+            bail!("sweep_interval_seconds must be at least 1");
+        }
+        if let Some(t) = &c.admin_token {
+            if t.len() < 16 {
+                bail!("admin_token must be at least 16 characters");
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn database(&self) -> anyhow::Result<Database> {
+        let Some(url) = self.database_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(Database::Sqlite(self.data_dir.join("boxoffice.db")));
+        };
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                bail!("database_url {url:?} names no file");
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            bail!("database_url: PostgreSQL is not supported by this build yet; use sqlite://PATH or leave it unset");
+        }
+        bail!("database_url {url:?}: expected sqlite://PATH")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_understood_or_refused_by_name() {
+        let mut c = Config::default();
+        assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from("./data/boxoffice.db")));
+        c.database_url = Some("sqlite:///tmp/x.db".into());
+        assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from("/tmp/x.db")));
+        c.database_url = Some("mysql://x".into());
+        assert!(c.database().unwrap_err().to_string().contains("database_url"));
+    }
+}

@@ -1,0 +1,12 @@
+//! Pure types and rules: no I/O, no clock, no randomness except through
+//! explicit constructors (`generate`). Everything here is unit-tested in
+//! place.
+
+pub mod customer;
+pub mod event;
+pub mod hold;
+pub mod ids;
+pub mod money;
+pub mod seating;
+pub mod time;
+pub mod venue;

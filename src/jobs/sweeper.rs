@@ -1,0 +1,52 @@
+//! The hold-expiry sweeper.
+//!
+//! Expiry itself is lazy: the store treats a `held` seat past its expiry as
+//! available the moment it expires, so no sale waits for this job. The
+//! sweeper only tidies: it marks lapsed holds `expired`, frees their
+//! inventory rows and GA places, and drops their fast-path locks.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::booking::BookingService;
+
+/// How many holds one pass ends per transaction.
+const BATCH: u32 = 500;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+}
+
+/// Ends every hold that had lapsed at the clock's "now".
+pub async fn run_once(booking: &BookingService) -> anyhow::Result<SweepReport> {
+    let now = booking.clock().now();
+    let mut report = SweepReport::default();
+    loop {
+        let expired = booking.store().expire_holds(now, BATCH).await?;
+        booking.forget_expired(&expired).await;
+        report.expired += expired.len();
+        metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
+        if expired.len() < BATCH as usize {
+            return Ok(report);
+        }
+    }
+}
+
+/// Runs [`run_once`] every `period` until `stop` is cancelled.
+pub async fn run(booking: BookingService, period: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match run_once(&booking).await {
+            Ok(r) if r.expired > 0 => tracing::info!(expired = r.expired, "sweeper ended lapsed holds"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = format!("{e:#}"), "sweeper pass failed"),
+        }
+    }
+}

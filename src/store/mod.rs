@@ -1,0 +1,221 @@
+//! The source of truth for customers, the catalog, seat inventory and holds.
+//!
+//! Callers see only the [`Store`] trait. Each backend implements every
+//! state change as conditional writes inside one transaction, so the
+//! database alone decides who gets a seat; nothing above this layer
+//! (locks, caches) can make it sell a seat twice.
+//!
+//! Backends: [`sqlite::SqliteStore`] (embedded default). The conformance
+//! suite in `tests/store_conformance.rs` runs against every backend.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::customer::{Email, TokenHash};
+use crate::domain::event::{Event, EventStatus};
+use crate::domain::hold::{Hold, LimitExceeded, Selection};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use crate::domain::time::Timestamp;
+use crate::domain::venue::Venue;
+
+mod codec;
+pub mod sqlite;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached in time; the caller may retry.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A uniqueness rule held: the thing already exists.
+    #[error("already exists: {0}")]
+    Duplicate(String),
+    /// A version check failed: someone else changed the row first.
+    #[error("changed concurrently")]
+    Conflict,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A signed-in customer, as a session token resolves to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Customer {
+    pub id: CustomerId,
+    /// Also the buyer key that purchase limits count by.
+    pub email: Email,
+}
+
+pub struct NewSession {
+    pub customer: Customer,
+    pub token_hash: TokenHash,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// How many seats/places are in each state. `held` includes `checkout`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u64,
+    pub available: u64,
+    pub held: u64,
+    pub sold: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.total += o.total;
+        self.available += o.available;
+        self.held += o.held;
+        self.sold += o.sold;
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Availability {
+    pub all: Counts,
+    pub by_category: BTreeMap<Category, Counts>,
+}
+
+impl Availability {
+    pub fn from_categories(by_category: BTreeMap<Category, Counts>) -> Self {
+        let mut all = Counts::default();
+        for c in by_category.values() {
+            all.add(c);
+        }
+        Self { all, by_category }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatStatus {
+    Available,
+    Held,
+    Sold,
+}
+
+impl SeatStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeatStatus::Available => "available",
+            SeatStatus::Held => "held",
+            SeatStatus::Sold => "sold",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SeatState {
+    pub id: SeatId,
+    pub category: Category,
+    pub status: SeatStatus,
+}
+
+#[derive(Clone, Debug)]
+pub struct GaState {
+    pub id: AreaId,
+    pub name: String,
+    pub category: Category,
+    pub capacity: u32,
+    pub available: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SeatMapState {
+    pub seats: Vec<SeatState>,
+    pub ga_areas: Vec<GaState>,
+}
+
+/// Search filters. Results come in `(starts_at, id)` order.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub city: Option<String>,
+    pub text: Option<String>,
+    pub category: Option<Category>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    /// Resume after this `(starts_at, id)`.
+    pub after: Option<(Timestamp, EventId)>,
+    pub limit: u32,
+}
+
+/// Everything the store needs to place one hold atomically.
+#[derive(Clone, Debug)]
+pub struct HoldPlacement {
+    pub hold_id: HoldId,
+    pub event_id: EventId,
+    pub customer: Customer,
+    pub selection: Selection,
+    pub now: Timestamp,
+}
+
+/// Why a hold was not placed. Nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldRejection {
+    EventNotFound,
+    NotOnSale(EventStatus),
+    LimitExceeded(LimitExceeded),
+    /// Seat ids or areas that the venue does not have.
+    InvalidSeats(Vec<String>),
+    /// Seats (or a GA area) someone else has: held, in checkout or sold.
+    Unavailable(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub enum ReleaseOutcome {
+    /// The hold was active and its seats are free now.
+    Released(Hold),
+    /// The hold had already ended (released or expired).
+    AlreadyEnded(Hold),
+    /// Payment is under way; only checkout's own flow can end it.
+    InCheckout(Hold),
+    NotFound,
+}
+
+/// A hold the sweeper ended, so locks can be dropped and fans told.
+#[derive(Clone, Debug)]
+pub struct ExpiredHold {
+    pub id: HoldId,
+    pub event_id: EventId,
+    pub seats: Vec<SeatId>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and `/readyz`: `sqlite`, `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip that proves the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_session(&self, s: NewSession) -> StoreResult<()>;
+    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<Customer>>;
+
+    async fn insert_venue(&self, v: &Venue, now: Timestamp) -> StoreResult<()>;
+    async fn venue(&self, id: &VenueId) -> StoreResult<Option<Venue>>;
+
+    /// Creates the event and one inventory row per seat and GA area.
+    async fn insert_event(&self, e: &Event, venue: &Venue) -> StoreResult<()>;
+    async fn event(&self, id: &EventId) -> StoreResult<Option<Event>>;
+    /// Writes `e` if the stored version is still `e.version - 1`;
+    /// otherwise [`StoreError::Conflict`].
+    async fn update_event(&self, e: &Event) -> StoreResult<()>;
+    async fn search_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>>;
+
+    async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Availability>>;
+    async fn seat_map_state(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<SeatMapState>>;
+
+    /// All or nothing: either every requested seat/place is held by the new
+    /// hold, or nothing changed.
+    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>>;
+    async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>>;
+    /// Releases the customer's own hold; someone else's is `NotFound`.
+    async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome>;
+    /// Ends up to `limit` holds whose time ran out. Idempotent and safe to
+    /// run concurrently: each hold is ended by exactly one caller.
+    async fn expire_holds(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<ExpiredHold>>;
+}
+
+pub type DynStore = Arc<dyn Store>;

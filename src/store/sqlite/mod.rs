@@ -1,0 +1,896 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! * Writes go through one connection owned by the [`writer`] thread, in
+//!   `BEGIN IMMEDIATE` transactions with group commit.
+//! * Reads use a small pool of separate connections, which WAL lets run
+//!   concurrently with the writer and never block it.
+//! * Every connection has a busy timeout, and migrations are embedded in
+//!   the binary and applied on open.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use async_trait::async_trait;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::codec::{
+    decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
+};
+use super::{
+    Availability, Counts, Customer, EventQuery, ExpiredHold, GaState, HoldPlacement, HoldRejection, NewSession,
+    ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+};
+use crate::domain::customer::{Email, TokenHash};
+use crate::domain::event::Event;
+use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use crate::domain::money::Currency;
+use crate::domain::seating::{pick_best, FreeSeat};
+use crate::domain::time::Timestamp;
+use crate::domain::venue::Venue;
+
+mod writer;
+
+use writer::{Keep, Writer};
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const READERS: u32 = 8;
+/// How many of the best-placed free seats best-available considers.
+const BEST_AVAILABLE_CANDIDATES: u32 = 4000;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// How hard SQLite works to make a commit durable. `Full` syncs the WAL on
+/// every commit (one fsync per group commit); `Normal` may lose the last
+/// commits on power loss, never on a process crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+pub struct SqliteStore {
+    writer: Writer,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    path: PathBuf,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path, sync: Synchronous) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("opening SQLite database {}", path.display()))?;
+        configure(&conn)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("SQLite refused WAL mode (got {mode}) for {}", path.display());
+        }
+        let sync = match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        migrate(&conn).with_context(|| format!("migrating {}", path.display()))?;
+
+        let manager = SqliteConnectionManager::file(path).with_init(|c| {
+            configure(c)?;
+            c.pragma_update(None, "query_only", "ON")
+        });
+        let readers = r2d2::Pool::builder()
+            .max_size(READERS)
+            .min_idle(Some(1))
+            .connection_timeout(BUSY_TIMEOUT)
+            .build(manager)
+            .context("opening SQLite read connections")?;
+        Ok(SqliteStore { writer: Writer::spawn(conn)?, readers, path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(|e| StoreError::Unavailable(e.into()))?;
+            f(&conn).map_err(classify)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow!("read task failed: {e}")))?
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<(T, Keep)> + Send + 'static,
+    {
+        self.writer.write(f).await.map_err(classify)
+    }
+}
+
+/// Maps SQLite's own errors onto the store's: busy means unavailable,
+/// a unique violation means duplicate.
+fn classify(e: anyhow::Error) -> StoreError {
+    if let Some(se) = e.downcast_ref::<StoreError>() {
+        return match se {
+            StoreError::Conflict => StoreError::Conflict,
+            StoreError::Duplicate(s) => StoreError::Duplicate(s.clone()),
+            _ => StoreError::Internal(e),
+        };
+    }
+    if let Some(rusqlite::Error::SqliteFailure(f, msg)) = e.downcast_ref::<rusqlite::Error>() {
+        match f.code {
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                return StoreError::Unavailable(e)
+            }
+            rusqlite::ErrorCode::ConstraintViolation
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                return StoreError::Duplicate(msg.clone().unwrap_or_default())
+            }
+            _ => {}
+        }
+    }
+    StoreError::Internal(e)
+}
+
+fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > newest {
+        bail!("the database is at schema version {current}, newer than this binary's {newest}; upgrade boxoffice");
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = conn.execute_batch(sql).and_then(|()| {
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, chrono::Utc::now().timestamp_millis()],
+            )
+        });
+        match applied {
+            Ok(_) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e).with_context(|| format!("applying migration {version}"));
+            }
+        }
+        tracing::info!(version, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+fn ts(r: &Row, i: usize) -> rusqlite::Result<Timestamp> {
+    r.get::<_, i64>(i).map(Timestamp::from_millis)
+}
+
+const EVENT_COLUMNS: &str = "id, venue_id, city, title, category, starts_at, on_sale_at, currency, prices, \
+     max_tickets_per_customer, hold_ttl_seconds, waiting_room, high_demand, cancelled, created_at, updated_at, version";
+
+fn event_from_row(r: &Row) -> anyhow::Result<Event> {
+    let currency: String = r.get(7)?;
+    Ok(Event {
+        id: EventId::from_trusted(r.get(0)?),
+        venue_id: VenueId::from_trusted(r.get(1)?),
+        city: r.get(2)?,
+        title: r.get(3)?,
+        category: Category::from_trusted(r.get(4)?),
+        starts_at: ts(r, 5)?,
+        on_sale_at: ts(r, 6)?,
+        currency: Currency::parse(&currency).ok_or_else(|| anyhow!("bad stored currency {currency:?}"))?,
+        prices: decode_prices(&r.get::<_, String>(8)?)?,
+        max_tickets_per_customer: r.get(9)?,
+        hold_ttl_seconds: r.get(10)?,
+        waiting_room: decode_waiting_room(r.get::<_, Option<String>>(11)?.as_deref())?,
+        high_demand: r.get(12)?,
+        cancelled: r.get(13)?,
+        created_at: ts(r, 14)?,
+        updated_at: ts(r, 15)?,
+        version: r.get(16)?,
+    })
+}
+
+fn load_event(conn: &Connection, id: &str) -> anyhow::Result<Option<Event>> {
+    let mut st = conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?;
+    let mut rows = st.query([id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(event_from_row(r)?)),
+        None => Ok(None),
+    }
+}
+
+const HOLD_COLUMNS: &str =
+    "id, event_id, customer_id, status, seats, ga_area, ga_count, amount, currency, created_at, expires_at, version";
+
+fn hold_from_row(r: &Row) -> anyhow::Result<Hold> {
+    let status: String = r.get(3)?;
+    let currency: String = r.get(8)?;
+    let ga_area: Option<String> = r.get(5)?;
+    Ok(Hold {
+        id: HoldId::from_trusted(r.get(0)?),
+        event_id: EventId::from_trusted(r.get(1)?),
+        customer_id: CustomerId::from_trusted(r.get(2)?),
+        status: HoldStatus::parse(&status).ok_or_else(|| anyhow!("bad stored hold status {status:?}"))?,
+        seats: decode_seats(&r.get::<_, String>(4)?)?,
+        ga: ga_area
+            .map(|a| -> rusqlite::Result<GaSelection> {
+                Ok(GaSelection { area: AreaId::from_trusted(a), count: r.get(6)? })
+            })
+            .transpose()?,
+        amount: r.get(7)?,
+        currency: Currency::parse(&currency).ok_or_else(|| anyhow!("bad stored currency {currency:?}"))?,
+        created_at: ts(r, 9)?,
+        expires_at: ts(r, 10)?,
+        version: r.get(11)?,
+    })
+}
+
+fn load_hold(conn: &Connection, id: &str) -> anyhow::Result<Option<Hold>> {
+    let mut st = conn.prepare_cached(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1"))?;
+    let mut rows = st.query([id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(hold_from_row(r)?)),
+        None => Ok(None),
+    }
+}
+
+/// Ends one hold if it is still `held` and past its expiry, giving its
+/// seats and GA places back. Returns whether this call ended it, so the
+/// inventory is released exactly once however many callers race.
+fn expire_one(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<Option<ExpiredHold>> {
+    let ended = conn
+        .prepare_cached(
+            "UPDATE holds SET status = 'expired', version = version + 1 \
+             WHERE id = ?1 AND status = 'held' AND expires_at <= ?2 \
+             RETURNING event_id, seats, ga_area, ga_count",
+        )?
+        .query_row(params![id, now.as_millis()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
+        })
+        .optional()?;
+    let Some((event_id, seats, ga_area, ga_count)) = ended else {
+        return Ok(None);
+    };
+    release_inventory(conn, id, &event_id, ga_area.as_deref(), ga_count)?;
+    Ok(Some(ExpiredHold {
+        id: HoldId::from_trusted(id.to_owned()),
+        event_id: EventId::from_trusted(event_id),
+        seats: decode_seats(&seats)?,
+    }))
+}
+
+/// Frees whatever seats are still held by `hold_id`, and its GA places.
+/// Seats another hold has since taken over carry that hold's id and are
+/// left alone.
+fn release_inventory(
+    conn: &Connection,
+    hold_id: &str,
+    event_id: &str,
+    ga_area: Option<&str>,
+    ga_count: i64,
+) -> anyhow::Result<()> {
+    conn.prepare_cached(
+        "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
+         WHERE hold_id = ?1 AND event_id = ?2 AND status = 'held'",
+    )?
+    .execute(params![hold_id, event_id])?;
+    if let Some(area) = ga_area {
+        conn.prepare_cached("UPDATE ga_inventory SET held = held - ?3 WHERE event_id = ?1 AND area_id = ?2")?
+            .execute(params![event_id, area, ga_count])?;
+    }
+    Ok(())
+}
+
+fn seats_json(seats: &[SeatId]) -> String {
+    encode_seats(seats)
+}
+
+/// Takes exactly `seats` for the hold, or nothing. Returns the category
+/// of each seat taken, or the rejection.
+fn take_seats(
+    conn: &Connection,
+    event_id: &str,
+    seats: &[SeatId],
+    hold_id: &str,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> anyhow::Result<Result<Vec<Category>, HoldRejection>> {
+    let list = seats_json(seats);
+    let mut st = conn.prepare_cached(
+        "UPDATE seats SET status = 'held', hold_id = ?1, hold_expires_at = ?2, version = version + 1 \
+         WHERE event_id = ?3 AND seat_id IN (SELECT value FROM json_each(?4)) \
+           AND (status = 'available' OR (status = 'held' AND hold_expires_at <= ?5)) \
+         RETURNING seat_id, category",
+    )?;
+    let taken: Vec<(String, String)> = st
+        .query_map(params![hold_id, expires_at.as_millis(), event_id, list, now.as_millis()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if taken.len() == seats.len() {
+        return Ok(Ok(taken.into_iter().map(|(_, c)| Category::from_trusted(c)).collect()));
+    }
+    // Someone has some of them, or they do not exist. The caller rolls the
+    // partial update back; work out which answer to give.
+    let known: HashSet<String> = conn
+        .prepare_cached(
+            "SELECT seat_id FROM seats WHERE event_id = ?1 AND seat_id IN (SELECT value FROM json_each(?2))",
+        )?
+        .query_map(params![event_id, list], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let unknown: Vec<String> =
+        seats.iter().filter(|s| !known.contains(s.as_str())).map(|s| s.as_str().to_owned()).collect();
+    if !unknown.is_empty() {
+        return Ok(Err(HoldRejection::InvalidSeats(unknown)));
+    }
+    let got: HashSet<&str> = taken.iter().map(|(s, _)| s.as_str()).collect();
+    Ok(Err(HoldRejection::Unavailable(
+        seats.iter().filter(|s| !got.contains(s.as_str())).map(|s| s.as_str().to_owned()).collect(),
+    )))
+}
+
+fn free_seats(
+    conn: &Connection,
+    event_id: &str,
+    category: Option<&Category>,
+    now: Timestamp,
+) -> anyhow::Result<Vec<FreeSeat>> {
+    let mut st = conn.prepare_cached(
+        "SELECT seat_id, section, row_label, number, category, x, y FROM seats \
+         WHERE event_id = ?1 AND (?2 IS NULL OR category = ?2) \
+           AND (status = 'available' OR (status = 'held' AND hold_expires_at <= ?3)) \
+         ORDER BY y, x LIMIT ?4",
+    )?;
+    let rows = st
+        .query_map(
+            params![event_id, category.map(Category::as_str), now.as_millis(), BEST_AVAILABLE_CANDIDATES],
+            |r| {
+                Ok(FreeSeat {
+                    id: SeatId::from_trusted(r.get(0)?),
+                    section: r.get(1)?,
+                    row: r.get(2)?,
+                    number: r.get(3)?,
+                    category: Category::from_trusted(r.get(4)?),
+                    x: r.get(5)?,
+                    y: r.get(6)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+fn take_ga(
+    conn: &Connection,
+    event_id: &str,
+    area: &AreaId,
+    count: u32,
+    now: Timestamp,
+) -> anyhow::Result<Result<Category, HoldRejection>> {
+    // Lazy expiry for GA: hand back this area's lapsed holds first, so an
+    // expired hold's places are available at once.
+    let lapsed: Vec<String> = conn
+        .prepare_cached(
+            "SELECT id FROM holds WHERE event_id = ?1 AND ga_area = ?2 AND status = 'held' AND expires_at <= ?3",
+        )?
+        .query_map(params![event_id, area.as_str(), now.as_millis()], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in lapsed {
+        expire_one(conn, &id, now)?;
+    }
+    let category: Option<String> = conn
+        .prepare_cached(
+            "UPDATE ga_inventory SET held = held + ?3 \
+             WHERE event_id = ?1 AND area_id = ?2 AND held + sold + ?3 <= capacity RETURNING category",
+        )?
+        .query_row(params![event_id, area.as_str(), count], |r| r.get(0))
+        .optional()?;
+    if let Some(c) = category {
+        return Ok(Ok(Category::from_trusted(c)));
+    }
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM ga_inventory WHERE event_id = ?1 AND area_id = ?2)")?
+        .query_row(params![event_id, area.as_str()], |r| r.get(0))?;
+    Ok(Err(if exists {
+        HoldRejection::Unavailable(vec![area.as_str().to_owned()])
+    } else {
+        HoldRejection::InvalidSeats(vec![area.as_str().to_owned()])
+    }))
+}
+
+/// The whole hold, inside the writer's transaction.
+fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
+    let Some(event) = load_event(conn, p.event_id.as_str())? else {
+        return Ok(Err(HoldRejection::EventNotFound));
+    };
+    if let Err(n) = event.check_on_sale(p.now) {
+        return Ok(Err(HoldRejection::NotOnSale(n.0)));
+    }
+    let requested = p.selection.quantity();
+    let already: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(quantity), 0) FROM holds \
+             WHERE buyer = ?1 AND event_id = ?2 \
+               AND (status = 'checkout' OR (status = 'held' AND expires_at > ?3))",
+        )?
+        .query_row(params![p.customer.email.as_str(), p.event_id.as_str(), p.now.as_millis()], |r| r.get(0))?;
+    let already = u32::try_from(already).unwrap_or(u32::MAX);
+    if let Err(e) = check_purchase_limit(already, requested, event.max_tickets_per_customer) {
+        return Ok(Err(HoldRejection::LimitExceeded(e)));
+    }
+
+    let expires_at = p.now.plus_secs(event.hold_ttl_seconds);
+    let (seats, ga, categories) = match &p.selection {
+        Selection::Seats(seats) => {
+            match take_seats(conn, p.event_id.as_str(), seats, p.hold_id.as_str(), expires_at, p.now)? {
+                Ok(cats) => (seats.clone(), None, cats),
+                Err(r) => return Ok(Err(r)),
+            }
+        }
+        Selection::BestAvailable { count, category } => {
+            let order = match category {
+                Some(c) if event.prices.contains_key(c) => vec![c.clone()],
+                Some(c) => return Ok(Err(HoldRejection::InvalidSeats(vec![c.as_str().to_owned()]))),
+                None => event.categories_best_first(),
+            };
+            let free = free_seats(conn, p.event_id.as_str(), category.as_ref(), p.now)?;
+            let Some(picked) = pick_best(&free, *count as usize, &order) else {
+                return Ok(Err(HoldRejection::Unavailable(vec![])));
+            };
+            match take_seats(conn, p.event_id.as_str(), &picked, p.hold_id.as_str(), expires_at, p.now)? {
+                Ok(cats) => (picked, None, cats),
+                // The single writer means the seats just read are still
+                // free; anything else is a bug worth surfacing.
+                Err(r) => bail!("best-available lost seats it had just read: {r:?}"),
+            }
+        }
+        Selection::Ga { area, count } => match take_ga(conn, p.event_id.as_str(), area, *count, p.now)? {
+            Ok(cat) => (vec![], Some(GaSelection { area: area.clone(), count: *count }), vec![cat; *count as usize]),
+            Err(r) => return Ok(Err(r)),
+        },
+    };
+
+    let mut amount: i64 = 0;
+    for c in &categories {
+        let price = event.price_of(c).ok_or_else(|| anyhow!("event {} has no price for {c}", event.id))?;
+        amount = amount.checked_add(price).ok_or_else(|| anyhow!("hold amount overflows"))?;
+    }
+    let hold = Hold {
+        id: p.hold_id.clone(),
+        event_id: p.event_id.clone(),
+        customer_id: p.customer.id.clone(),
+        status: HoldStatus::Held,
+        seats,
+        ga,
+        amount,
+        currency: event.currency,
+        created_at: p.now,
+        expires_at,
+        version: 1,
+    };
+    conn.prepare_cached(
+        "INSERT INTO holds (id, event_id, customer_id, buyer, status, seats, ga_area, ga_count, quantity, \
+                            amount, currency, created_at, expires_at, version) \
+         VALUES (?1, ?2, ?3, ?4, 'held', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1)",
+    )?
+    .execute(params![
+        hold.id.as_str(),
+        hold.event_id.as_str(),
+        hold.customer_id.as_str(),
+        p.customer.email.as_str(),
+        seats_json(&hold.seats),
+        hold.ga.as_ref().map(|g| g.area.as_str()),
+        hold.ga.as_ref().map_or(0, |g| g.count),
+        requested,
+        hold.amount,
+        hold.currency.as_str(),
+        hold.created_at.as_millis(),
+        hold.expires_at.as_millis(),
+    ])?;
+    Ok(Ok(hold))
+}
+
+fn keep_if_ok<T, E>(r: Result<T, E>) -> (Result<T, E>, Keep) {
+    let keep = if r.is_ok() { Keep::Commit } else { Keep::Rollback };
+    (r, keep)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?)).await
+    }
+
+    async fn create_session(&self, s: NewSession) -> StoreResult<()> {
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO customers (id, email, created_at) VALUES (?1, ?2, ?3)")?.execute(params![
+                s.customer.id.as_str(),
+                s.customer.email.as_str(),
+                s.created_at.as_millis()
+            ])?;
+            c.prepare_cached(
+                "INSERT INTO sessions (token_hash, customer_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                &s.token_hash.0[..],
+                s.customer.id.as_str(),
+                s.created_at.as_millis(),
+                s.expires_at.as_millis()
+            ])?;
+            Ok(((), Keep::Commit))
+        })
+        .await
+    }
+
+    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<Customer>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT c.id, c.email FROM sessions s JOIN customers c ON c.id = s.customer_id \
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+            )?
+            .query_row(params![&token.0[..], now.as_millis()], |r| {
+                Ok(Customer { id: CustomerId::from_trusted(r.get(0)?), email: Email::from_trusted(r.get(1)?) })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn insert_venue(&self, v: &Venue, now: Timestamp) -> StoreResult<()> {
+        let doc = serde_json::to_string(v).context("encoding venue")?;
+        let (id, name, city) = (v.id.to_string(), v.name.clone(), v.city.clone());
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO venues (id, name, city, doc, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![id, name, city, doc, now.as_millis()])?;
+            Ok(((), Keep::Commit))
+        })
+        .await
+    }
+
+    async fn venue(&self, id: &VenueId) -> StoreResult<Option<Venue>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let doc: Option<String> =
+                c.prepare_cached("SELECT doc FROM venues WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?;
+            doc.map(|d| serde_json::from_str::<Venue>(&d).context("decoding stored venue")).transpose()
+        })
+        .await
+    }
+
+    async fn insert_event(&self, e: &Event, venue: &Venue) -> StoreResult<()> {
+        let e = e.clone();
+        let venue = venue.clone();
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ))?
+            .execute(params![
+                e.id.as_str(),
+                e.venue_id.as_str(),
+                e.city,
+                e.title,
+                e.category.as_str(),
+                e.starts_at.as_millis(),
+                e.on_sale_at.as_millis(),
+                e.currency.as_str(),
+                encode_prices(&e.prices),
+                e.max_tickets_per_customer,
+                e.hold_ttl_seconds,
+                encode_waiting_room(&e.waiting_room),
+                e.high_demand,
+                e.cancelled,
+                e.created_at.as_millis(),
+                e.updated_at.as_millis(),
+                e.version,
+            ])?;
+            let mut seat = c.prepare_cached(
+                "INSERT INTO seats (event_id, seat_id, section, row_label, number, category, x, y) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (section, s) in venue.seats() {
+                seat.execute(params![
+                    e.id.as_str(),
+                    s.id.as_str(),
+                    section.name,
+                    s.row,
+                    s.number,
+                    s.category.as_str(),
+                    s.x,
+                    s.y
+                ])?;
+            }
+            let mut ga = c.prepare_cached(
+                "INSERT INTO ga_inventory (event_id, area_id, name, category, capacity) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for a in &venue.ga_areas {
+                ga.execute(params![e.id.as_str(), a.id.as_str(), a.name, a.category.as_str(), a.capacity])?;
+            }
+            Ok(((), Keep::Commit))
+        })
+        .await
+    }
+
+    async fn event(&self, id: &EventId) -> StoreResult<Option<Event>> {
+        let id = id.to_string();
+        self.read(move |c| load_event(c, &id)).await
+    }
+
+    async fn update_event(&self, e: &Event) -> StoreResult<()> {
+        let e = e.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE events SET title = ?2, prices = ?3, max_tickets_per_customer = ?4, hold_ttl_seconds = ?5, \
+                     waiting_room = ?6, high_demand = ?7, cancelled = ?8, updated_at = ?9, version = ?10 \
+                     WHERE id = ?1 AND version = ?10 - 1",
+                )?
+                .execute(params![
+                    e.id.as_str(),
+                    e.title,
+                    encode_prices(&e.prices),
+                    e.max_tickets_per_customer,
+                    e.hold_ttl_seconds,
+                    encode_waiting_room(&e.waiting_room),
+                    e.high_demand,
+                    e.cancelled,
+                    e.updated_at.as_millis(),
+                    e.version,
+                ])?;
+            if n == 1 {
+                Ok(((), Keep::Commit))
+            } else {
+                Err(StoreError::Conflict.into())
+            }
+        })
+        .await
+    }
+
+    async fn search_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>> {
+        let q = q.clone();
+        self.read(move |c| {
+            let like = q.text.as_ref().map(|t| {
+                let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                format!("%{escaped}%")
+            });
+            let (after_ts, after_id) = match &q.after {
+                Some((t, id)) => (Some(t.as_millis()), Some(id.to_string())),
+                None => (None, None),
+            };
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events \
+                 WHERE cancelled = 0 \
+                   AND (?1 IS NULL OR city = ?1 COLLATE NOCASE) \
+                   AND (?2 IS NULL OR title LIKE ?2 ESCAPE '\\') \
+                   AND (?3 IS NULL OR category = ?3) \
+                   AND (?4 IS NULL OR starts_at >= ?4) \
+                   AND (?5 IS NULL OR starts_at < ?5) \
+                   AND (?6 IS NULL OR (starts_at, id) > (?6, ?7)) \
+                 ORDER BY starts_at, id LIMIT ?8"
+            ))?;
+            let mut rows = st.query(params![
+                q.city,
+                like,
+                q.category.as_ref().map(Category::as_str),
+                q.from.map(Timestamp::as_millis),
+                q.to.map(Timestamp::as_millis),
+                after_ts,
+                after_id,
+                q.limit,
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(event_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Availability>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            if !c
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1)")?
+                .query_row([&id], |r| r.get::<_, bool>(0))?
+            {
+                return Ok(None);
+            }
+            let mut by: BTreeMap<Category, Counts> = BTreeMap::new();
+            let mut st = c.prepare_cached(
+                "SELECT category, COUNT(*), \
+                        SUM(status = 'sold'), \
+                        SUM(status = 'checkout' OR (status = 'held' AND hold_expires_at > ?2)) \
+                 FROM seats WHERE event_id = ?1 GROUP BY category",
+            )?;
+            let mut rows = st.query(params![id, now.as_millis()])?;
+            while let Some(r) = rows.next()? {
+                let (total, sold, held): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                let (total, sold, held) = (total as u64, sold as u64, held as u64);
+                let e = by.entry(Category::from_trusted(r.get(0)?)).or_default();
+                e.total += total;
+                e.sold += sold;
+                e.held += held;
+                e.available += total - sold - held;
+            }
+            for a in ga_states(c, &id, now)? {
+                let e = by.entry(a.category.clone()).or_default();
+                e.total += u64::from(a.capacity);
+                e.available += u64::from(a.available);
+                e.sold += u64::from(a.sold);
+                e.held += u64::from(a.capacity - a.available - a.sold);
+            }
+            Ok(Some(Availability::from_categories(by)))
+        })
+        .await
+    }
+
+    async fn seat_map_state(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<SeatMapState>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            if !c
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1)")?
+                .query_row([&id], |r| r.get::<_, bool>(0))?
+            {
+                return Ok(None);
+            }
+            let seats = c
+                .prepare_cached(
+                    "SELECT seat_id, category, \
+                        CASE WHEN status = 'sold' THEN 2 \
+                             WHEN status = 'checkout' OR (status = 'held' AND hold_expires_at > ?2) THEN 1 \
+                             ELSE 0 END \
+                     FROM seats WHERE event_id = ?1 ORDER BY section, y, x",
+                )?
+                .query_map(params![id, now.as_millis()], |r| {
+                    Ok(SeatState {
+                        id: SeatId::from_trusted(r.get(0)?),
+                        category: Category::from_trusted(r.get(1)?),
+                        status: match r.get::<_, i64>(2)? {
+                            2 => SeatStatus::Sold,
+                            1 => SeatStatus::Held,
+                            _ => SeatStatus::Available,
+                        },
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let ga_areas = ga_states(c, &id, now)?
+                .into_iter()
+                .map(|a| GaState {
+                    id: a.id,
+                    name: a.name,
+                    category: a.category,
+                    capacity: a.capacity,
+                    available: a.available,
+                })
+                .collect();
+            Ok(Some(SeatMapState { seats, ga_areas }))
+        })
+        .await
+    }
+
+    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>> {
+        self.write(move |c| place_hold_tx(c, &p).map(keep_if_ok)).await
+    }
+
+    async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>> {
+        let id = id.to_string();
+        self.read(move |c| load_hold(c, &id)).await
+    }
+
+    async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome> {
+        let (id, customer) = (id.to_string(), customer.clone());
+        self.write(move |c| {
+            let Some(hold) = load_hold(c, &id)?.filter(|h| h.customer_id == customer) else {
+                return Ok((ReleaseOutcome::NotFound, Keep::Rollback));
+            };
+            match hold.effective_status(now) {
+                HoldStatus::Checkout => Ok((ReleaseOutcome::InCheckout(hold), Keep::Rollback)),
+                HoldStatus::Released => Ok((ReleaseOutcome::AlreadyEnded(hold), Keep::Rollback)),
+                HoldStatus::Expired => {
+                    // Tidy now rather than wait for the sweeper.
+                    expire_one(c, &id, now)?;
+                    let hold = load_hold(c, &id)?.unwrap_or(hold);
+                    Ok((ReleaseOutcome::AlreadyEnded(hold), Keep::Commit))
+                }
+                HoldStatus::Held => {
+                    let n = c
+                        .prepare_cached(
+                            "UPDATE holds SET status = 'released', version = version + 1 \
+                             WHERE id = ?1 AND status = 'held' AND version = ?2",
+                        )?
+                        .execute(params![id, hold.version])?;
+                    if n != 1 {
+                        bail!("hold {id} changed under the single writer");
+                    }
+                    release_inventory(
+                        c,
+                        &id,
+                        hold.event_id.as_str(),
+                        hold.ga.as_ref().map(|g| g.area.as_str()),
+                        hold.ga.as_ref().map_or(0, |g| i64::from(g.count)),
+                    )?;
+                    let hold = Hold { status: HoldStatus::Released, version: hold.version + 1, ..hold };
+                    Ok((ReleaseOutcome::Released(hold), Keep::Commit))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn expire_holds(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<ExpiredHold>> {
+        self.write(move |c| {
+            let ids: Vec<String> = c
+                .prepare_cached(
+                    "SELECT id FROM holds WHERE status = 'held' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
+                )?
+                .query_map(params![now.as_millis(), limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(expire_one(c, &id, now)?);
+            }
+            Ok((out, Keep::Commit))
+        })
+        .await
+    }
+}
+
+struct GaRow {
+    id: AreaId,
+    name: String,
+    category: Category,
+    capacity: u32,
+    available: u32,
+    sold: u32,
+}
+
+/// GA areas with lapsed-but-unswept holds counted as available.
+fn ga_states(c: &Connection, event_id: &str, now: Timestamp) -> anyhow::Result<Vec<GaRow>> {
+    let mut st = c.prepare_cached(
+        "SELECT g.area_id, g.name, g.category, g.capacity, g.held, g.sold, \
+                COALESCE((SELECT SUM(h.ga_count) FROM holds h \
+                          WHERE h.event_id = g.event_id AND h.ga_area = g.area_id \
+                            AND h.status = 'held' AND h.expires_at <= ?2), 0) \
+         FROM ga_inventory g WHERE g.event_id = ?1 ORDER BY g.area_id",
+    )?;
+    let rows = st
+        .query_map(params![event_id, now.as_millis()], |r| {
+            let (capacity, held, sold, lapsed): (u32, u32, u32, u32) = (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?);
+            Ok(GaRow {
+                id: AreaId::from_trusted(r.get(0)?),
+                name: r.get(1)?,
+                category: Category::from_trusted(r.get(2)?),
+                capacity,
+                available: capacity - held.saturating_sub(lapsed) - sold,
+                sold,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}

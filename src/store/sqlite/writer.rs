@@ -1,0 +1,143 @@
+//! The single SQLite writer, with group commit.
+//!
+//! SQLite allows one writer at a time. Rather than have many connections
+//! queue on the file lock, one thread owns the only write connection and
+//! takes jobs from a channel. It drains whatever jobs are waiting (up to
+//! [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction, each
+//! inside its own `SAVEPOINT`, and commits once. A job that fails or
+//! declines is rolled back to its savepoint without touching the others.
+//!
+//! A job's result is sent to its caller only after the `COMMIT` succeeded,
+//! so a caller never acts on a write that did not become durable. If the
+//! commit fails, every job in the batch gets the error and nothing was
+//! written.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most jobs one transaction carries.
+const MAX_BATCH: usize = 256;
+/// Jobs waiting beyond this make callers wait to enqueue (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// Whether a job's writes stay in the transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Keep {
+    Commit,
+    Rollback,
+}
+
+type Finisher = Box<dyn FnOnce(Result<(), Arc<anyhow::Error>>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send>;
+
+#[derive(Clone)]
+pub(super) struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread, which owns `conn` until every `Writer`
+    /// handle is dropped.
+    pub(super) fn spawn(conn: Connection) -> anyhow::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(conn, rx))
+            .context("starting the SQLite writer thread")?;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `f` inside the next group transaction and returns its value
+    /// once that transaction has committed.
+    pub(super) async fn write<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<(T, Keep)> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<anyhow::Result<T>>();
+        let job: Job = Box::new(move |conn| {
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| Err(anyhow!("a write job panicked")));
+            match outcome {
+                Ok((value, keep)) => (
+                    keep,
+                    Box::new(move |committed: Result<(), Arc<anyhow::Error>>| {
+                        let _ = reply.send(committed.map(|()| value).map_err(|e| anyhow!("commit failed: {e:#}")));
+                    }),
+                ),
+                Err(e) => (
+                    Keep::Rollback,
+                    Box::new(move |_| {
+                        let _ = reply.send(Err(e));
+                    }),
+                ),
+            }
+        });
+        self.tx.send(job).await.map_err(|_| anyhow!("the SQLite writer has stopped"))?;
+        answer.await.map_err(|_| anyhow!("the SQLite write transaction failed before this write ran"))?
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("boxoffice_sqlite_group_commit_jobs").record(batch.len() as f64);
+        run_batch(&conn, &mut batch);
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        let e = Arc::new(anyhow::Error::new(e).context("BEGIN IMMEDIATE"));
+        tracing::error!(error = %e, "SQLite write transaction did not start");
+        // Dropping a job that never ran answers its caller with an error.
+        batch.clear();
+        return;
+    }
+    let mut finishers: Vec<Finisher> = Vec::with_capacity(batch.len());
+    let mut broken: Option<Arc<anyhow::Error>> = None;
+    for job in batch.drain(..) {
+        if broken.is_some() {
+            continue; // dropped: its caller gets an error
+        }
+        if let Err(e) = exec(conn, "SAVEPOINT job") {
+            broken = Some(Arc::new(anyhow::Error::new(e).context("SAVEPOINT")));
+            continue;
+        }
+        let (keep, finish) = job(conn);
+        let end = match keep {
+            Keep::Commit => exec(conn, "RELEASE job"),
+            Keep::Rollback => exec(conn, "ROLLBACK TO job").and_then(|()| exec(conn, "RELEASE job")),
+        };
+        if let Err(e) = end {
+            broken = Some(Arc::new(anyhow::Error::new(e).context("ending a savepoint")));
+        }
+        finishers.push(finish);
+    }
+    let result = match broken {
+        Some(e) => Err(e),
+        None => exec(conn, "COMMIT").map_err(|e| Arc::new(anyhow::Error::new(e).context("COMMIT"))),
+    };
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "SQLite group commit failed; the whole batch is rolled back");
+        let _ = exec(conn, "ROLLBACK");
+    }
+    for finish in finishers {
+        finish(result.clone());
+    }
+}
