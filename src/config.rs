@@ -49,7 +49,7 @@ impl Default for Config {
             sqlite_synchronous: Synchronous::Full,
             sweep_interval_seconds: 5,
             session_ttl_hours: 24 * 30,
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: 256 * 1024,
             request_timeout_seconds: 30,
             log: "info".into(),
         }

@@ -82,7 +82,7 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: 256 * 1024,
             max_venue_body_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
         }

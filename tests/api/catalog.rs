@@ -1,0 +1,137 @@
+//! Catalog reads and writes: venues, events, search, availability, seats,
+//! and the operator endpoints.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{spawn_app, ADMIN_TOKEN};
+use boxoffice::domain::time::Clock;
+use boxoffice::demo;
+
+#[tokio::test]
+async fn search_filters_by_city_text_category_and_dates_and_pages_with_a_cursor() {
+    let app = spawn_app().await;
+    let pune = app.create_venue(demo::sized_venue_json("Pune Hall", "Pune", 3, 5, 0)).await;
+    let goa = app.create_venue(demo::sized_venue_json("Goa Hall", "Goa", 3, 5, 0)).await;
+    let day = |d: u32| app.clock.now().plus_secs(d * 86_400).to_rfc3339();
+    let mut ids = Vec::new();
+    for d in 1..=7 {
+        ids.push(app.create_event(&pune, json!({"title": format!("Jazz Night {d}"), "category": "concert", "starts_at": day(d)})).await);
+    }
+    app.create_event(&pune, json!({"title": "Silent Film", "category": "movie", "starts_at": day(2)})).await;
+    app.create_event(&goa, json!({"title": "Jazz on the Beach", "category": "concert", "starts_at": day(3)})).await;
+
+    // Page through Pune jazz concerts, three at a time.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/v1/events?city=pune&q=jazz&category=concert&limit=3".to_string();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = app.get(&path, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for e in page.body["data"].as_array().unwrap() {
+            assert_eq!(e["city"], "Pune");
+            seen.push(e["id"].as_str().unwrap().to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "all seven, in start order, each once");
+
+    let window = app.get(&format!("/v1/events?q=JAZZ&from={}&to={}", day(3), day(5)).replace('+', "%2B"), None).await;
+    let titles: BTreeSet<&str> =
+        window.body["data"].as_array().unwrap().iter().map(|e| e["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, BTreeSet::from(["Jazz Night 3", "Jazz Night 4", "Jazz on the Beach"]));
+    let movies = app.get("/v1/events?category=movie", None).await;
+    assert_eq!(movies.body["data"].as_array().unwrap().len(), 1);
+    assert!(movies.headers["cache-control"].to_str().unwrap().contains("max-age"));
+}
+
+#[tokio::test]
+async fn event_detail_availability_and_seats_agree_with_holds() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let detail = app.get(&format!("/v1/events/{event}"), None).await;
+    assert_eq!(detail.body["status"], "on_sale");
+    assert_eq!(detail.body["prices"], json!({"premium": 4000, "standard": 1500}));
+
+    let h = app.hold(&fan, &event, json!({"seats": ["A1", "C1"]})).await;
+    assert_eq!(h.body["amount"], 5500, "premium + standard");
+    let ga = app.hold(&fan, &event, json!({"ga": {"area": "floor", "count": 3}})).await;
+    assert_eq!(ga.body["amount"], 4500);
+    assert_eq!(ga.body["ga"], json!({"area": "floor", "count": 3}));
+
+    let seats = app.get(&format!("/v1/events/{event}/seats"), None).await;
+    assert_eq!(seats.headers["cache-control"], "no-store");
+    let list = seats.body["seats"].as_array().unwrap();
+    assert_eq!(list.len(), 300);
+    let a1 = list.iter().find(|s| s["id"] == "A1").unwrap();
+    assert_eq!((a1["status"].as_str(), a1["price"].as_i64(), a1["category"].as_str()), (Some("held"), Some(4000), Some("premium")));
+    assert_eq!(seats.body["ga_areas"][0]["available"], 497);
+
+    let a = app.get(&format!("/v1/events/{event}/availability"), None).await;
+    assert_eq!(a.body["total"], 800);
+    assert_eq!(a.body["held"], 5);
+    assert_eq!(a.body["available"], 795);
+    assert_eq!(a.body["by_category"]["premium"], json!({"total": 40, "available": 39, "held": 1, "sold": 0}));
+    app.get("/v1/events/evt_00000000000000000000000000000000", None).await.assert_problem(404, "event_not_found");
+}
+
+#[tokio::test]
+async fn best_available_gives_adjacent_seats_in_the_best_category_first() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let r = app.hold(&fan, &event, json!({"best_available": {"count": 4}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let seats: Vec<&str> = r.body["seats"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(seats, ["A9", "A10", "A11", "A12"], "front row, centre, premium");
+    let std = app.hold(&fan, &event, json!({"best_available": {"count": 2, "category": "standard"}})).await;
+    let seats: Vec<&str> = std.body["seats"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(seats, ["C10", "C11"]);
+}
+
+#[tokio::test]
+async fn venues_round_trip_and_admin_patches_take_effect() {
+    let app = spawn_app().await;
+    let venue = app.create_venue(demo::venue_json()).await;
+    let got = app.get(&format!("/v1/venues/{venue}"), None).await;
+    assert_eq!(got.body["sections"][0]["seats"].as_array().unwrap().len(), 300);
+    assert_eq!(got.body["ga_areas"][0]["capacity"], 500);
+
+    let event = app.create_event(&venue, json!({})).await;
+    let patched = app
+        .send(Method::PATCH, &format!("/v1/events/{event}"), Some(ADMIN_TOKEN),
+              Some(json!({"prices": {"premium": 4500}, "high_demand": true, "hold_ttl_seconds": 120})))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let fan = app.customer("fan@example.com").await;
+    let h = app.hold(&fan, &event, json!({"seats": ["A3"]})).await;
+    assert_eq!(h.body["amount"], 4500, "new price applies to new holds");
+    let detail = app.get(&format!("/v1/events/{event}"), None).await;
+    assert_eq!(detail.body["high_demand"], true);
+    assert_eq!(detail.body["hold_ttl_seconds"], 120);
+}
+
+#[tokio::test]
+async fn operator_endpoints_answer() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.body["status"], "ready");
+    assert_eq!(ready.body["checks"]["database"]["backend"], "sqlite");
+    let spec = app.get("/openapi.json", None).await;
+    for path in ["/v1/sessions", "/v1/events/{id}/holds", "/v1/holds/{id}", "/v1/events/{id}/seats", "/v1/venues"] {
+        assert!(spec.body["paths"][path].is_object(), "{path} is documented");
+    }
+    assert!(spec.body["components"]["securitySchemes"]["admin"].is_object());
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+}

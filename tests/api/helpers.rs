@@ -1,0 +1,198 @@
+//! The test harness: one fresh app per test, on port 0, on its own SQLite
+//! file in a temporary directory, with a fake clock the test controls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boxoffice::api::AppState;
+use boxoffice::app::{Application, Role};
+use boxoffice::config::Config;
+use boxoffice::demo;
+use boxoffice::domain::time::{Clock, FakeClock};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub clock: FakeClock,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A response with its status and body, whatever the body's type.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().expect("body has an id").to_owned()
+    }
+
+    /// Asserts this is a problem document with the given status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.content_type, "application/problem+json", "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert_eq!(self.body["status"].as_u64(), Some(u64::from(status)));
+        assert!(self.body["type"].is_string() && self.body["title"].is_string() && self.body["detail"].is_string());
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        sqlite_synchronous: boxoffice::store::sqlite::Synchronous::Normal,
+        ..Config::default()
+    };
+    let clock = FakeClock::starting_now();
+    let app = Application::build(&config, Role::Api, Arc::new(clock.clone()) as Arc<dyn Clock>, ADMIN_TOKEN)
+        .await
+        .expect("app builds");
+    let base = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1100)
+        .build()
+        .unwrap();
+    TestApp { base, client, clock, state, stop: Some(stop), server: Some(server), _dir: dir }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+pub async fn reply(resp: reqwest::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let content_type =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let bytes = resp.bytes().await.expect("body");
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    Reply { status, content_type, body, headers }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        reply(req.send().await.expect("request sent")).await
+    }
+
+    /// Sends raw bytes with a JSON content type.
+    pub async fn send_raw(&self, method: Method, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut req = self.client.request(method, self.url(path)).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        reply(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(Method::POST, path, token, Some(body)).await
+    }
+
+    /// A new customer session; returns its bearer token.
+    pub async fn customer(&self, email: &str) -> String {
+        let r = self.post("/v1/sessions", None, json!({ "email": email })).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["session_token"].as_str().unwrap().to_owned()
+    }
+
+    /// `n` customers, created concurrently.
+    pub async fn customers(&self, n: usize) -> Vec<String> {
+        let mut tokens = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            let futs = chunk.iter().map(|i| self.customer_owned(format!("fan{i}@example.com")));
+            tokens.extend(futures::future::join_all(futs).await);
+        }
+        tokens
+    }
+
+    async fn customer_owned(&self, email: String) -> String {
+        self.customer(&email).await
+    }
+
+    pub async fn create_venue(&self, venue: Value) -> String {
+        let r = self.post("/v1/venues", Some(ADMIN_TOKEN), venue).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.id()
+    }
+
+    /// Creates an event from `demo::event_json` with `overrides` merged in.
+    pub async fn create_event(&self, venue_id: &str, overrides: Value) -> String {
+        let mut e = demo::event_json(venue_id, self.clock.now());
+        if let (Some(e), Some(o)) = (e.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                e.insert(k.clone(), v.clone());
+            }
+        }
+        let r = self.post("/v1/events", Some(ADMIN_TOKEN), e).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.id()
+    }
+
+    /// The demo hall (300 seats + 500 GA) with an event on sale now.
+    pub async fn demo_event(&self, overrides: Value) -> String {
+        let venue = self.create_venue(demo::venue_json()).await;
+        self.create_event(&venue, overrides).await
+    }
+
+    pub async fn hold(&self, token: &str, event: &str, body: Value) -> Reply {
+        self.post(&format!("/v1/events/{event}/holds"), Some(token), body).await
+    }
+
+    /// Seat id → status from the live seat map.
+    pub async fn seat_statuses(&self, event: &str) -> std::collections::BTreeMap<String, String> {
+        let r = self.get(&format!("/v1/events/{event}/seats"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+}

@@ -1,0 +1,9 @@
+//! HTTP-level tests: one binary, one module per area. Each test spawns its
+//! own app on port 0 with its own database (see `helpers`).
+
+mod auth;
+mod bad_input;
+mod catalog;
+mod expiry;
+mod helpers;
+mod races;

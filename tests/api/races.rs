@@ -1,0 +1,177 @@
+//! Real concurrency over real HTTP: many customers, released together by a
+//! barrier, racing for the same seats. The database must pick exactly one
+//! winner per seat, and no hold may be partial.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::helpers::{spawn_app, Reply, TestApp};
+use boxoffice::demo;
+
+/// Runs one request per token, all released by one barrier. Each task
+/// first opens its connection so the barrier releases requests, not
+/// handshakes.
+async fn race<F>(app: &Arc<TestApp>, tokens: &[String], body_for: F) -> Vec<(usize, Reply)>
+where
+    F: Fn(usize) -> (String, serde_json::Value),
+{
+    let barrier = Arc::new(Barrier::new(tokens.len()));
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        let (path, body) = body_for(i);
+        let (app, barrier, token) = (app.clone(), barrier.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let warm = app.get("/healthz", None).await;
+            assert_eq!(warm.status, StatusCode::OK);
+            barrier.wait().await;
+            (i, app.post(&path, Some(&token), body).await)
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_fans_clicking_the_same_seat_get_exactly_one_hold() {
+    let app = Arc::new(spawn_app().await);
+    let event = app.demo_event(json!({})).await;
+    let tokens = app.customers(1000).await;
+
+    let results = race(&app, &tokens, |_| (format!("/v1/events/{event}/holds"), json!({"seats": ["A7"]}))).await;
+
+    let winners: Vec<&(usize, Reply)> = results.iter().filter(|(_, r)| r.status == StatusCode::CREATED).collect();
+    assert_eq!(winners.len(), 1, "exactly one 201");
+    for (_, r) in results.iter().filter(|(_, r)| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "seat_unavailable");
+        assert_eq!(r.body["unavailable"], json!(["A7"]));
+    }
+    // The winner really has it, in the source of truth.
+    let (winner_idx, winner) = winners[0];
+    let hold = app.get(&format!("/v1/holds/{}", winner.id()), Some(&tokens[*winner_idx])).await;
+    assert_eq!(hold.body["seats"], json!(["A7"]));
+    assert_eq!(hold.body["status"], "held");
+    let seats = app.seat_statuses(&event).await;
+    assert_eq!(seats["A7"], "held");
+    assert_eq!(seats.values().filter(|s| *s == "held").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_fans_buying_best_available_sell_out_the_hall_exactly() {
+    let app = Arc::new(spawn_app().await);
+    let venue = app.create_venue(demo::sized_venue_json("Sellout Hall", "Springfield", 15, 20, 0)).await;
+    let event = app.create_event(&venue, json!({"max_tickets_per_customer": 100})).await;
+    let tokens = app.customers(500).await;
+    let barrier = Arc::new(Barrier::new(tokens.len()));
+
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.iter().cloned().enumerate() {
+        let (app, barrier, event) = (app.clone(), barrier.clone(), event.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(i as u64);
+            let mut want: u32 = rng.random_range(1..=4);
+            let mut held: Vec<(String, Vec<String>)> = Vec::new();
+            barrier.wait().await;
+            // Keep buying until not even one seat is left.
+            while want > 0 {
+                let r = app.hold(&token, &event, json!({"best_available": {"count": want}})).await;
+                match r.status {
+                    StatusCode::CREATED => {
+                        let seats: Vec<String> =
+                            r.body["seats"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+                        assert_eq!(seats.len() as u32, want, "a hold has exactly the seats asked for");
+                        held.push((r.id(), seats));
+                        want = rng.random_range(1..=4);
+                    }
+                    StatusCode::CONFLICT => {
+                        r.assert_problem(409, "seat_unavailable");
+                        want -= 1;
+                    }
+                    other => panic!("unexpected {other}: {}", r.body),
+                }
+            }
+            held
+        }));
+    }
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for t in tasks {
+        for (hold, seats) in t.await.unwrap() {
+            for s in seats {
+                if let Some(prev) = owner.insert(s.clone(), hold.clone()) {
+                    panic!("seat {s} is in two holds: {prev} and {hold}");
+                }
+            }
+        }
+    }
+    assert_eq!(owner.len(), 300, "every seat was sold to someone");
+    let statuses = app.seat_statuses(&event).await;
+    assert_eq!(statuses.len(), 300);
+    assert!(statuses.values().all(|s| s == "held"), "the seat map agrees: {statuses:?}");
+    let a = app.get(&format!("/v1/events/{event}/availability"), None).await;
+    assert_eq!(a.body["total"], 300);
+    assert_eq!(a.body["held"], 300);
+    assert_eq!(a.body["available"], 0);
+    assert_eq!(a.body["sold"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_multi_seat_holds_are_all_or_nothing() {
+    let app = Arc::new(spawn_app().await);
+    let event = app.demo_event(json!({"max_tickets_per_customer": 100})).await;
+    let tokens = app.customers(300).await;
+    // 300 fans, each wanting 2-4 seats from the same 12: heavy overlap.
+    let pool: Vec<String> = (1..=12).map(|n| format!("A{n}")).collect();
+    let wants: Vec<Vec<String>> = (0..tokens.len())
+        .map(|i| {
+            let mut rng = StdRng::seed_from_u64(1_000 + i as u64);
+            let n = rng.random_range(2..=4);
+            let mut picked = BTreeSet::new();
+            while picked.len() < n {
+                picked.insert(pool[rng.random_range(0..pool.len())].clone());
+            }
+            picked.into_iter().collect()
+        })
+        .collect();
+
+    let results = race(&app, &tokens, |i| (format!("/v1/events/{event}/holds"), json!({"seats": wants[i]}))).await;
+
+    let mut owner: BTreeMap<String, usize> = BTreeMap::new();
+    let mut winners = 0;
+    for (i, r) in &results {
+        match r.status {
+            StatusCode::CREATED => {
+                winners += 1;
+                let got: Vec<String> =
+                    r.body["seats"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+                assert_eq!(got, wants[*i], "a hold is exactly what was asked for");
+                for s in got {
+                    assert!(owner.insert(s.clone(), *i).is_none(), "{s} won twice");
+                }
+            }
+            _ => {
+                r.assert_problem(409, "seat_unavailable");
+                let unavailable = r.body["unavailable"].as_array().unwrap();
+                assert!(!unavailable.is_empty());
+                for s in unavailable {
+                    assert!(wants[*i].contains(&s.as_str().unwrap().to_owned()), "names only seats it asked for");
+                }
+            }
+        }
+    }
+    assert!(winners >= 1);
+    // No partial holds: a seat is held if and only if a winner asked for it.
+    let statuses = app.seat_statuses(&event).await;
+    for s in &pool {
+        let expected = if owner.contains_key(s) { "held" } else { "available" };
+        assert_eq!(statuses[s], expected, "seat {s}");
+    }
+    assert_eq!(statuses.values().filter(|s| *s == "held").count(), owner.len());
+}

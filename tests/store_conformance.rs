@@ -1,0 +1,417 @@
+//! The store conformance suite: the same cases against every backend.
+//!
+//! These talk to the `Store` trait directly, with no fast path in front,
+//! so every race here is decided by the database's conditional writes
+//! alone. A backend is correct when it passes every case.
+//!
+//! To add a backend, add a module at the bottom with a `make()` that
+//! returns a fresh, empty store (and cleans it up on drop), and list the
+//! cases with `conformance!`.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use boxoffice::demo;
+use boxoffice::domain::customer::{Email, TokenHash};
+use boxoffice::domain::event::{Event, EventDraft, EventPatch};
+use boxoffice::domain::hold::{HoldStatus, Selection};
+use boxoffice::domain::ids::{AreaId, CustomerId, EventId, HoldId, SeatId, VenueId};
+use boxoffice::domain::time::Timestamp;
+use boxoffice::domain::venue::{Venue, VenueDraft};
+use boxoffice::store::{
+    Customer, DynStore, EventQuery, HoldPlacement, HoldRejection, NewSession, ReleaseOutcome, StoreError,
+};
+use tokio::sync::Barrier;
+
+pub struct Harness {
+    pub store: DynStore,
+    _guard: Box<dyn Any + Send>,
+}
+
+const T0: Timestamp = Timestamp::from_millis(1_900_000_000_000);
+
+fn at(secs: u32) -> Timestamp {
+    T0.plus_secs(secs)
+}
+
+fn seat(s: &str) -> SeatId {
+    SeatId::parse(s).unwrap()
+}
+
+fn seats(v: &[&str]) -> Selection {
+    Selection::Seats(v.iter().map(|s| seat(s)).collect())
+}
+
+/// A customer with a session, as `POST /v1/sessions` would make.
+async fn customer(store: &DynStore, email: &str) -> Customer {
+    let c = Customer { id: CustomerId::generate(), email: Email::parse(email).unwrap() };
+    let token_hash = TokenHash::of(&format!("token-for-{}", c.id));
+    store.create_session(NewSession { customer: c.clone(), token_hash, created_at: T0, expires_at: at(86_400) }).await.unwrap();
+    c
+}
+
+/// The demo hall and an event on sale at `T0`, with overrides to the
+/// event's JSON.
+async fn event_with(store: &DynStore, overrides: serde_json::Value) -> Event {
+    let draft: VenueDraft = serde_json::from_value(demo::venue_json()).unwrap();
+    let venue = Venue::from_draft(VenueId::generate(), draft).unwrap();
+    store.insert_venue(&venue, T0).await.unwrap();
+    let mut json = demo::event_json(venue.id.as_str(), T0);
+    for (k, v) in overrides.as_object().unwrap() {
+        json[k] = v.clone();
+    }
+    let draft: EventDraft = serde_json::from_value(json).unwrap();
+    let event = Event::from_draft(EventId::generate(), draft, &venue, T0).unwrap();
+    store.insert_event(&event, &venue).await.unwrap();
+    event
+}
+
+async fn hold(store: &DynStore, e: &Event, who: &Customer, sel: Selection, now: Timestamp) -> Result<boxoffice::domain::hold::Hold, HoldRejection> {
+    store
+        .place_hold(HoldPlacement { hold_id: HoldId::generate(), event_id: e.id.clone(), customer: who.clone(), selection: sel, now })
+        .await
+        .expect("store call succeeds")
+}
+
+pub mod cases {
+    use super::*;
+
+    pub async fn sessions_resolve_until_they_expire(store: &DynStore) {
+        let c = Customer { id: CustomerId::generate(), email: Email::parse("fan@example.com").unwrap() };
+        let token = TokenHash::of("bxs_secret");
+        store
+            .create_session(NewSession { customer: c.clone(), token_hash: token, created_at: T0, expires_at: at(60) })
+            .await
+            .unwrap();
+        assert_eq!(store.session_customer(token, at(59)).await.unwrap(), Some(c));
+        assert_eq!(store.session_customer(token, at(60)).await.unwrap(), None);
+        assert_eq!(store.session_customer(TokenHash::of("other"), T0).await.unwrap(), None);
+    }
+
+    pub async fn venues_and_events_round_trip(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 8})).await;
+        let venue = store.venue(&e.venue_id).await.unwrap().unwrap();
+        assert_eq!(venue.seat_count(), 300);
+        assert_eq!(venue.ga_areas[0].capacity, 500);
+        let back = store.event(&e.id).await.unwrap().unwrap();
+        assert_eq!((back.title.as_str(), back.max_tickets_per_customer, back.prices.clone()), (e.title.as_str(), 8, e.prices.clone()));
+        assert_eq!((back.starts_at, back.on_sale_at, back.version), (e.starts_at, e.on_sale_at, 1));
+        assert!(store.event(&EventId::generate()).await.unwrap().is_none());
+        assert!(store.venue(&VenueId::generate()).await.unwrap().is_none());
+    }
+
+    pub async fn seat_holds_are_all_or_nothing(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let h = hold(store, &e, &a, seats(&["A1", "A2"]), T0).await.unwrap();
+        assert_eq!((h.amount, h.status, h.expires_at), (8000, HoldStatus::Held, at(300)));
+        let r = hold(store, &e, &b, seats(&["A2", "A3"]), T0).await;
+        assert_eq!(r.unwrap_err(), HoldRejection::Unavailable(vec!["A2".into()]));
+        // A3 was not left held by the refused request.
+        assert!(hold(store, &e, &b, seats(&["A3"]), T0).await.is_ok());
+        let map = store.seat_map_state(&e.id, T0).await.unwrap().unwrap();
+        let held: Vec<&str> = map.seats.iter().filter(|s| s.status != boxoffice::store::SeatStatus::Available).map(|s| s.id.as_str()).collect();
+        assert_eq!(held.len(), 3);
+    }
+
+    pub async fn unknown_seats_are_invalid_not_unavailable(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let a = customer(store, "a@example.com").await;
+        let r = hold(store, &e, &a, seats(&["A1", "Z99"]), T0).await;
+        assert_eq!(r.unwrap_err(), HoldRejection::InvalidSeats(vec!["Z99".into()]));
+        let ga = hold(store, &e, &a, Selection::Ga { area: AreaId::parse("pit").unwrap(), count: 1 }, T0).await;
+        assert_eq!(ga.unwrap_err(), HoldRejection::InvalidSeats(vec!["pit".into()]));
+        assert!(hold(store, &e, &a, seats(&["A1"]), T0).await.is_ok(), "nothing was left behind");
+        let other = HoldPlacement { hold_id: HoldId::generate(), event_id: EventId::generate(), customer: a, selection: seats(&["A1"]), now: T0 };
+        assert_eq!(store.place_hold(other).await.unwrap().unwrap_err(), HoldRejection::EventNotFound);
+    }
+
+    pub async fn lapsed_holds_are_available_at_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 60})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let first = hold(store, &e, &a, seats(&["B5"]), T0).await.unwrap();
+        assert!(hold(store, &e, &b, seats(&["B5"]), at(59)).await.is_err());
+        let second = hold(store, &e, &b, seats(&["B5"]), at(60)).await.unwrap();
+        let stale = store.hold(&first.id).await.unwrap().unwrap();
+        assert_eq!(stale.effective_status(at(60)), HoldStatus::Expired);
+        // The sweeper must not free the seat the second hold now has.
+        let swept = store.expire_holds(at(61), 100).await.unwrap();
+        assert_eq!(swept.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), vec![first.id.clone()]);
+        let c = customer(store, "c@example.com").await;
+        assert_eq!(hold(store, &e, &c, seats(&["B5"]), at(61)).await.unwrap_err(), HoldRejection::Unavailable(vec!["B5".into()]));
+        assert_eq!(store.hold(&second.id).await.unwrap().unwrap().effective_status(at(61)), HoldStatus::Held);
+    }
+
+    pub async fn purchase_limit_counts_the_buyer_across_sessions(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 3, "hold_ttl_seconds": 60})).await;
+        let (phone, laptop) = (customer(store, "fan@example.com").await, customer(store, "fan@example.com").await);
+        hold(store, &e, &phone, seats(&["C1", "C2"]), T0).await.unwrap();
+        match hold(store, &e, &laptop, seats(&["C3", "C4"]), T0).await {
+            Err(HoldRejection::LimitExceeded(l)) => assert_eq!((l.limit, l.already, l.requested), (3, 2, 2)),
+            other => panic!("expected the limit, got {other:?}"),
+        }
+        hold(store, &e, &laptop, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 1 }, T0).await.unwrap();
+        assert!(matches!(hold(store, &e, &laptop, seats(&["C5"]), T0).await, Err(HoldRejection::LimitExceeded(_))));
+        // Lapsed holds stop counting.
+        assert!(hold(store, &e, &laptop, seats(&["C3", "C4", "C5"]), at(60)).await.is_ok());
+    }
+
+    pub async fn one_seat_raced_by_many_has_exactly_one_winner(store: &DynStore) {
+        let e = Arc::new(event_with(store, serde_json::json!({})).await);
+        let n = 200;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let who = customer(&store, &format!("fan{i}@example.com")).await;
+                    barrier.wait().await;
+                    hold(&store, &e, &who, seats(&["A7"]), T0).await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(r) => assert_eq!(r, HoldRejection::Unavailable(vec!["A7".into()])),
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+
+    pub async fn overlapping_multi_seat_races_leave_no_partial_hold(store: &DynStore) {
+        let e = Arc::new(event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await);
+        let n = 120;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
+                // Windows of 3 consecutive seats in row D: neighbours overlap.
+                let want: Vec<String> = (0..3).map(|k| format!("D{}", (i % 18) + 1 + k)).collect();
+                tokio::spawn(async move {
+                    let who = customer(&store, &format!("fan{i}@example.com")).await;
+                    let sel = Selection::Seats(want.iter().map(|s| seat(s)).collect());
+                    barrier.wait().await;
+                    (want, hold(&store, &e, &who, sel, T0).await)
+                })
+            })
+            .collect();
+        let mut owned: HashSet<String> = HashSet::new();
+        for t in tasks {
+            let (want, r) = t.await.unwrap();
+            if let Ok(h) = r {
+                assert_eq!(h.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>(), want);
+                for s in want {
+                    assert!(owned.insert(s.clone()), "{s} held twice");
+                }
+            }
+        }
+        let map = store.seat_map_state(&e.id, T0).await.unwrap().unwrap();
+        for s in map.seats.iter().filter(|s| s.id.as_str().starts_with('D')) {
+            let held = s.status != boxoffice::store::SeatStatus::Available;
+            assert_eq!(held, owned.contains(s.id.as_str()), "seat {} matches the winners", s.id);
+        }
+    }
+
+    pub async fn ga_capacity_holds_under_concurrency(store: &DynStore) {
+        let e = Arc::new(event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await);
+        let n = 40;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let who = customer(&store, &format!("fan{i}@example.com")).await;
+                    barrier.wait().await;
+                    hold(&store, &e, &who, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 30 }, T0).await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(r) => assert_eq!(r, HoldRejection::Unavailable(vec!["floor".into()])),
+            }
+        }
+        assert_eq!(wins, 500 / 30, "as many as fit, no more");
+        let map = store.seat_map_state(&e.id, T0).await.unwrap().unwrap();
+        assert_eq!(map.ga_areas[0].available, 500 - 30 * (500 / 30));
+    }
+
+    pub async fn best_available_never_hands_out_a_seat_twice(store: &DynStore) {
+        let e = Arc::new(event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await);
+        let n = 100;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let who = customer(&store, &format!("fan{i}@example.com")).await;
+                    barrier.wait().await;
+                    hold(&store, &e, &who, Selection::BestAvailable { count: 4, category: None }, T0).await
+                })
+            })
+            .collect();
+        let mut taken = HashSet::new();
+        let mut wins = 0;
+        for t in tasks {
+            if let Ok(h) = t.await.unwrap() {
+                wins += 1;
+                assert_eq!(h.seats.len(), 4);
+                for s in h.seats {
+                    assert!(taken.insert(s.to_string()), "{s} given twice");
+                }
+            }
+        }
+        assert_eq!(wins, 75, "300 seats / 4");
+        let a = store.availability(&e.id, T0).await.unwrap().unwrap();
+        assert_eq!((a.all.total, a.all.held, a.all.available), (800, 300, 500));
+    }
+
+    pub async fn release_is_owner_only_and_repeatable(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let h = hold(store, &e, &a, seats(&["E1", "E2"]), T0).await.unwrap();
+        let g = hold(store, &e, &a, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 4 }, T0).await.unwrap();
+        assert!(matches!(store.release_hold(&h.id, &b.id, T0).await.unwrap(), ReleaseOutcome::NotFound));
+        assert!(matches!(store.release_hold(&h.id, &a.id, T0).await.unwrap(), ReleaseOutcome::Released(_)));
+        assert!(matches!(store.release_hold(&h.id, &a.id, T0).await.unwrap(), ReleaseOutcome::AlreadyEnded(_)));
+        assert!(matches!(store.release_hold(&g.id, &a.id, T0).await.unwrap(), ReleaseOutcome::Released(_)));
+        assert!(matches!(store.release_hold(&g.id, &a.id, T0).await.unwrap(), ReleaseOutcome::AlreadyEnded(_)));
+        let map = store.seat_map_state(&e.id, T0).await.unwrap().unwrap();
+        assert_eq!(map.ga_areas[0].available, 500, "GA places returned exactly once");
+        assert!(hold(store, &e, &b, seats(&["E1", "E2"]), T0).await.is_ok());
+    }
+
+    pub async fn concurrent_sweeps_end_each_hold_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10, "max_tickets_per_customer": 100})).await;
+        let a = customer(store, "a@example.com").await;
+        for row in ["F", "G", "H"] {
+            for n in 1..=10 {
+                hold(store, &e, &a, seats(&[&format!("{row}{n}")]), T0).await.unwrap();
+            }
+        }
+        hold(store, &e, &a, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 7 }, T0).await.unwrap();
+        let barrier = Arc::new(Barrier::new(4));
+        let sweeps: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let mut n = 0;
+                    loop {
+                        let got = store.expire_holds(at(10), 7).await.unwrap().len();
+                        n += got;
+                        if got == 0 {
+                            return n;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for s in sweeps {
+            total += s.await.unwrap();
+        }
+        assert_eq!(total, 31, "each lapsed hold ended exactly once");
+        let map = store.seat_map_state(&e.id, at(10)).await.unwrap().unwrap();
+        assert_eq!(map.ga_areas[0].available, 500);
+        let av = store.availability(&e.id, at(10)).await.unwrap().unwrap();
+        assert_eq!((av.all.available, av.all.held), (800, 0));
+    }
+
+    pub async fn event_updates_are_version_checked(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let patch = EventPatch { high_demand: Some(true), ..Default::default() };
+        let next = e.patched(&patch, at(1)).unwrap();
+        store.update_event(&next).await.unwrap();
+        // A writer that read the old version loses.
+        let stale = e.patched(&EventPatch { title: Some("Other".into()), ..Default::default() }, at(2)).unwrap();
+        assert!(matches!(store.update_event(&stale).await, Err(StoreError::Conflict)));
+        let back = store.event(&e.id).await.unwrap().unwrap();
+        assert!(back.high_demand);
+        assert_eq!((back.title.as_str(), back.version), (e.title.as_str(), 2));
+    }
+
+    pub async fn holds_outside_the_sale_window_are_refused(store: &DynStore) {
+        let later = at(3600).to_rfc3339();
+        let e = event_with(store, serde_json::json!({"on_sale_at": later})).await;
+        let a = customer(store, "a@example.com").await;
+        assert!(matches!(hold(store, &e, &a, seats(&["A1"]), T0).await, Err(HoldRejection::NotOnSale(_))));
+        assert!(hold(store, &e, &a, seats(&["A1"]), at(3600)).await.is_ok());
+        let cancelled = e.patched(&EventPatch { status: Some("cancelled".into()), ..Default::default() }, at(3601)).unwrap();
+        store.update_event(&cancelled).await.unwrap();
+        assert!(matches!(hold(store, &e, &a, seats(&["A2"]), at(3602)).await, Err(HoldRejection::NotOnSale(_))));
+    }
+
+    pub async fn search_pages_in_start_order_with_filters(store: &DynStore) {
+        let mut ids = Vec::new();
+        for d in [3u32, 1, 2] {
+            let e = event_with(store, serde_json::json!({"title": format!("Show {d}"), "starts_at": at(d * 86_400).to_rfc3339()})).await;
+            ids.push((d, e.id));
+        }
+        ids.sort_by_key(|(d, _)| *d);
+        let mut q = EventQuery { city: Some("springfield".into()), limit: 2, ..Default::default() };
+        let first = store.search_events(&q).await.unwrap();
+        assert_eq!(first.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![ids[0].1.clone(), ids[1].1.clone()]);
+        q.after = Some((first[1].starts_at, first[1].id.clone()));
+        let second = store.search_events(&q).await.unwrap();
+        assert_eq!(second.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![ids[2].1.clone()]);
+        let text = EventQuery { text: Some("show 2".into()), limit: 10, ..Default::default() };
+        assert_eq!(store.search_events(&text).await.unwrap().len(), 1);
+        let pct = EventQuery { text: Some("%".into()), limit: 10, ..Default::default() };
+        assert!(store.search_events(&pct).await.unwrap().is_empty(), "LIKE wildcards are literal");
+        let elsewhere = EventQuery { city: Some("Gotham".into()), limit: 10, ..Default::default() };
+        assert!(store.search_events(&elsewhere).await.unwrap().is_empty());
+    }
+}
+
+macro_rules! conformance {
+    ($make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let h = $make().await;
+                crate::cases::$case(&h.store).await;
+            }
+        )*
+    };
+}
+
+macro_rules! all_cases {
+    ($make:path) => {
+        conformance!($make;
+            sessions_resolve_until_they_expire,
+            venues_and_events_round_trip,
+            seat_holds_are_all_or_nothing,
+            unknown_seats_are_invalid_not_unavailable,
+            lapsed_holds_are_available_at_once,
+            purchase_limit_counts_the_buyer_across_sessions,
+            one_seat_raced_by_many_has_exactly_one_winner,
+            overlapping_multi_seat_races_leave_no_partial_hold,
+            ga_capacity_holds_under_concurrency,
+            best_available_never_hands_out_a_seat_twice,
+            release_is_owner_only_and_repeatable,
+            concurrent_sweeps_end_each_hold_once,
+            event_updates_are_version_checked,
+            holds_outside_the_sale_window_are_refused,
+            search_pages_in_start_order_with_filters,
+        );
+    };
+}
+
+mod sqlite {
+    use super::*;
+    use boxoffice::store::sqlite::{SqliteStore, Synchronous};
+
+    async fn make() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("conformance.db"), Synchronous::Normal).unwrap();
+        Harness { store: Arc::new(store), _guard: Box::new(dir) }
+    }
+
+    all_cases!(make);
+}
