@@ -1,1 +1,280 @@
-fn main() {}
+//! Hold throughput, in-process and over HTTP, against a no-op baseline
+//! measured in the same run on the same server stack.
+//!
+//!     cargo bench --bench holds             # 5 s per phase
+//!     BENCH_SECS=10 cargo bench --bench holds
+//!
+//! This is a benchmark, not a test: it asserts nothing about speed. It
+//! prints figures and ratios; docs/benchmarks.md records them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::Json;
+use boxoffice::api::AppState;
+use boxoffice::app::{Application, Role};
+use boxoffice::config::Config;
+use boxoffice::demo;
+use boxoffice::domain::customer::{Email, TokenHash};
+use boxoffice::domain::event::{Event, EventDraft};
+use boxoffice::domain::hold::Selection;
+use boxoffice::domain::ids::{CustomerId, EventId, SeatId, VenueId};
+use boxoffice::domain::time::{Clock, SystemClock};
+use boxoffice::domain::venue::{Venue, VenueDraft};
+use boxoffice::store::sqlite::SqliteStore;
+use boxoffice::store::{Customer, DynStore, NewSession};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde_json::{json, Value};
+
+const CONNECTIONS: usize = 64;
+const ROWS: usize = 400;
+const PER_ROW: usize = 250; // 100,000 seats
+const CUSTOMERS: usize = 4_000;
+const ADMIN: &str = "bench-admin-token-0123456789";
+
+struct Outcome {
+    label: String,
+    ok: u64,
+    rejected: u64,
+    errors: u64,
+    secs: f64,
+    latency: Histogram<u64>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        (self.ok + self.rejected) as f64 / self.secs
+    }
+
+    fn print(&self, baseline: Option<f64>) {
+        let ratio = baseline.map(|b| format!("{:.2}x", self.rate() / b)).unwrap_or_else(|| "-".into());
+        println!(
+            "| {:<38} | {:>9.0} | {:>8} | {:>8} | {:>6} | {:>7.2} | {:>7.2} | {:>6} |",
+            self.label,
+            self.rate(),
+            self.ok,
+            self.rejected,
+            self.errors,
+            self.latency.value_at_quantile(0.5) as f64 / 1000.0,
+            self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            ratio
+        );
+    }
+}
+
+fn secs() -> Duration {
+    Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5))
+}
+
+fn bar(label: &str, d: Duration) -> ProgressBar {
+    let pb = ProgressBar::new(d.as_secs());
+    pb.set_style(ProgressStyle::with_template("{msg:<40} [{bar:30}] {pos}/{len}s").unwrap());
+    pb.set_message(label.to_owned());
+    pb
+}
+
+async fn seed(store: &DynStore) -> (Event, Vec<Customer>) {
+    let now = SystemClock.now();
+    let draft: VenueDraft = serde_json::from_value(demo::sized_venue_json("Bench Arena", "Benchville", ROWS, PER_ROW, 0)).unwrap();
+    let venue = Venue::from_draft(VenueId::generate(), draft).unwrap();
+    store.insert_venue(&venue, now).await.unwrap();
+    let mut ev = demo::event_json(venue.id.as_str(), now);
+    ev["max_tickets_per_customer"] = json!(100);
+    ev["hold_ttl_seconds"] = json!(3600);
+    let draft: EventDraft = serde_json::from_value(ev).unwrap();
+    let event = Event::from_draft(EventId::generate(), draft, &venue, now).unwrap();
+    store.insert_event(&event, &venue).await.unwrap();
+    let mut customers = Vec::with_capacity(CUSTOMERS);
+    for i in 0..CUSTOMERS {
+        let c = Customer { id: CustomerId::generate(), email: Email::parse(&format!("bench{i}@example.com")).unwrap() };
+        store
+            .create_session(NewSession {
+                customer: c.clone(),
+                token_hash: TokenHash::of(&format!("bench-token-{i}")),
+                created_at: now,
+                expires_at: now.plus_secs(86_400),
+            })
+            .await
+            .unwrap();
+        customers.push(c);
+    }
+    (event, customers)
+}
+
+/// Each worker has its own customers and moves to the next well before
+/// the purchase limit, so every request is a genuine hold attempt.
+fn customer_index(worker: usize, i: u64) -> usize {
+    let per_worker = CUSTOMERS / CONNECTIONS;
+    worker * per_worker + (i as usize / 90) % per_worker
+}
+
+fn random_seat(rng: &mut impl Rng) -> String {
+    format!("{}{}", demo::row_label(rng.random_range(0..ROWS)), rng.random_range(1..=PER_ROW))
+}
+
+/// Runs `CONNECTIONS` workers calling `op` until the deadline.
+async fn drive<F, Fut>(label: &str, op: F) -> Outcome
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<bool, ()>> + Send,
+{
+    let d = secs();
+    let op = Arc::new(op);
+    let (ok, rejected, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let start = Instant::now();
+    let deadline = start + d;
+    let pb = bar(label, d);
+    let ticker = {
+        let pb = pb.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                pb.inc(1);
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..CONNECTIONS {
+        let (op, ok, rejected, errors) = (op.clone(), ok.clone(), rejected.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op(w, i).await {
+                    Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(false) => rejected.fetch_add(1, Ordering::Relaxed),
+                    Err(()) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                let _ = h.record(t.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            h
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for t in tasks {
+        latency.add(t.await.unwrap()).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    ticker.abort();
+    pb.finish_and_clear();
+    Outcome {
+        label: label.to_owned(),
+        ok: ok.load(Ordering::Relaxed),
+        rejected: rejected.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        secs,
+        latency,
+    }
+}
+
+fn header() {
+    println!("| {:<38} | {:>9} | {:>8} | {:>8} | {:>6} | {:>7} | {:>7} | {:>6} |", "scenario", "req/s", "201/ok", "409", "errors", "p50 ms", "p99 ms", "ratio");
+    println!("|{:-<40}|{:->11}|{:->10}|{:->10}|{:->8}|{:->9}|{:->9}|{:->8}|", "", "", "", "", "", "", "", "");
+}
+
+async fn new_app(dir: &std::path::Path) -> (Application, Event, Vec<Customer>) {
+    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.to_owned(), ..Config::default() };
+    if std::env::var("BENCH_SYNC").as_deref() == Ok("normal") {
+        config.sqlite_synchronous = boxoffice::store::sqlite::Synchronous::Normal;
+    }
+    let store: DynStore = Arc::new(SqliteStore::open(&dir.join("bench.db"), config.sqlite_synchronous).unwrap());
+    let (event, customers) = seed(&store).await;
+    let noop = axum::Router::<AppState>::new().route("/bench/noop", post(|Json(v): Json<Value>| async move { Json(v) }));
+    let app = Application::build_with_store(&config, Role::Api, Arc::new(SystemClock), ADMIN, store, noop).await.unwrap();
+    (app, event, customers)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        eprintln!("seeding {} seats and {CUSTOMERS} customers per phase...", ROWS * PER_ROW);
+        println!("\n{CONNECTIONS} concurrent workers, {} s per phase, SQLite synchronous=FULL, {} cores\n", secs().as_secs(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        header();
+
+        // In-process: the booking service, no HTTP.
+        let dir = tempfile::tempdir().unwrap();
+        let (app, event, customers) = new_app(dir.path()).await;
+        let booking = app.state().booking.clone();
+        let customers = Arc::new(customers);
+        let inproc = {
+            let (event_id, customers) = (event.id.clone(), customers.clone());
+            drive("in-process holds, random seats", move |w, i| {
+                let booking = booking.clone();
+                let event_id = event_id.clone();
+                let c = customers[customer_index(w, i)].clone();
+                async move {
+                    let seat = SeatId::parse(&random_seat(&mut rand::rng())).unwrap();
+                    match booking.place_hold(&c, &event_id, Selection::Seats(vec![seat])).await {
+                        Ok(_) => Ok(true),
+                        Err(boxoffice::booking::HoldError::Rejected(_)) => Ok(false),
+                        Err(_) => Err(()),
+                    }
+                }
+            })
+            .await
+        };
+        inproc.print(None);
+        drop(app);
+
+        // Over HTTP: a fresh database per phase so each starts empty.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build().unwrap();
+        let serve = |app: Application| {
+            let base = format!("http://{}", app.local_addr());
+            tokio::spawn(app.run_until(std::future::pending()));
+            base
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _, _) = new_app(dir.path()).await;
+        let base = serve(app);
+        let baseline = {
+            let (client, url) = (client.clone(), format!("{base}/bench/noop"));
+            drive("HTTP no-op JSON POST (baseline)", move |_, _| {
+                let req = client.post(&url).json(&json!({"seats": ["A7"]}));
+                async move {
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
+                        _ => Err(()),
+                    }
+                }
+            })
+            .await
+        };
+        baseline.print(Some(baseline.rate()));
+
+        for (label, hot) in [("HTTP holds, random seats", false), ("HTTP holds, 10 hot seats", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (app, event, _) = new_app(dir.path()).await;
+            let base = serve(app);
+            let (client, url) = (client.clone(), format!("{base}/v1/events/{}/holds", event.id));
+            let r = drive(label, move |w, i| {
+                let token = format!("bench-token-{}", customer_index(w, i));
+                let seat = if hot { format!("A{}", rand::rng().random_range(1..=10)) } else { random_seat(&mut rand::rng()) };
+                let req = client.post(&url).bearer_auth(token).json(&json!({ "seats": [seat] }));
+                async move {
+                    match req.send().await {
+                        Ok(r) => {
+                            let s = r.status();
+                            let _ = r.bytes().await;
+                            match s.as_u16() {
+                                201 => Ok(true),
+                                409 => Ok(false),
+                                _ => Err(()),
+                            }
+                        }
+                        Err(_) => Err(()),
+                    }
+                }
+            })
+            .await;
+            r.print(Some(baseline.rate()));
+        }
+        println!("\nratio = req/s over the no-op baseline's req/s; target for HTTP holds: >= 0.50x");
+    });
+}

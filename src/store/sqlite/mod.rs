@@ -432,8 +432,8 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
     let already: i64 = conn
         .prepare_cached(
             "SELECT COALESCE(SUM(quantity), 0) FROM holds \
-             WHERE buyer = ?1 AND event_id = ?2 \
-               AND (status = 'checkout' OR (status = 'held' AND expires_at > ?3))",
+             WHERE buyer = ?1 AND event_id = ?2 AND status IN ('held', 'checkout') \
+               AND (status = 'checkout' OR expires_at > ?3)",
         )?
         .query_row(params![p.customer.email.as_str(), p.event_id.as_str(), p.now.as_millis()], |r| r.get(0))?;
     let already = u32::try_from(already).unwrap_or(u32::MAX);
