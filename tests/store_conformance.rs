@@ -47,7 +47,10 @@ fn seats(v: &[&str]) -> Selection {
 async fn customer(store: &DynStore, email: &str) -> Customer {
     let c = Customer { id: CustomerId::generate(), email: Email::parse(email).unwrap() };
     let token_hash = TokenHash::of(&format!("token-for-{}", c.id));
-    store.create_session(NewSession { customer: c.clone(), token_hash, created_at: T0, expires_at: at(86_400) }).await.unwrap();
+    store
+        .create_session(NewSession { customer: c.clone(), token_hash, created_at: T0, expires_at: at(86_400) })
+        .await
+        .unwrap();
     c
 }
 
@@ -67,9 +70,21 @@ async fn event_with(store: &DynStore, overrides: serde_json::Value) -> Event {
     event
 }
 
-async fn hold(store: &DynStore, e: &Event, who: &Customer, sel: Selection, now: Timestamp) -> Result<boxoffice::domain::hold::Hold, HoldRejection> {
+async fn hold(
+    store: &DynStore,
+    e: &Event,
+    who: &Customer,
+    sel: Selection,
+    now: Timestamp,
+) -> Result<boxoffice::domain::hold::Hold, HoldRejection> {
     store
-        .place_hold(HoldPlacement { hold_id: HoldId::generate(), event_id: e.id.clone(), customer: who.clone(), selection: sel, now })
+        .place_hold(HoldPlacement {
+            hold_id: HoldId::generate(),
+            event_id: e.id.clone(),
+            customer: who.clone(),
+            selection: sel,
+            now,
+        })
         .await
         .expect("store call succeeds")
 }
@@ -95,7 +110,10 @@ pub mod cases {
         assert_eq!(venue.seat_count(), 300);
         assert_eq!(venue.ga_areas[0].capacity, 500);
         let back = store.event(&e.id).await.unwrap().unwrap();
-        assert_eq!((back.title.as_str(), back.max_tickets_per_customer, back.prices.clone()), (e.title.as_str(), 8, e.prices.clone()));
+        assert_eq!(
+            (back.title.as_str(), back.max_tickets_per_customer, back.prices.clone()),
+            (e.title.as_str(), 8, e.prices.clone())
+        );
         assert_eq!((back.starts_at, back.on_sale_at, back.version), (e.starts_at, e.on_sale_at, 1));
         assert!(store.event(&EventId::generate()).await.unwrap().is_none());
         assert!(store.venue(&VenueId::generate()).await.unwrap().is_none());
@@ -111,7 +129,12 @@ pub mod cases {
         // A3 was not left held by the refused request.
         assert!(hold(store, &e, &b, seats(&["A3"]), T0).await.is_ok());
         let map = store.seat_map_state(&e.id, T0).await.unwrap().unwrap();
-        let held: Vec<&str> = map.seats.iter().filter(|s| s.status != boxoffice::store::SeatStatus::Available).map(|s| s.id.as_str()).collect();
+        let held: Vec<&str> = map
+            .seats
+            .iter()
+            .filter(|s| s.status != boxoffice::store::SeatStatus::Available)
+            .map(|s| s.id.as_str())
+            .collect();
         assert_eq!(held.len(), 3);
     }
 
@@ -123,7 +146,13 @@ pub mod cases {
         let ga = hold(store, &e, &a, Selection::Ga { area: AreaId::parse("pit").unwrap(), count: 1 }, T0).await;
         assert_eq!(ga.unwrap_err(), HoldRejection::InvalidSeats(vec!["pit".into()]));
         assert!(hold(store, &e, &a, seats(&["A1"]), T0).await.is_ok(), "nothing was left behind");
-        let other = HoldPlacement { hold_id: HoldId::generate(), event_id: EventId::generate(), customer: a, selection: seats(&["A1"]), now: T0 };
+        let other = HoldPlacement {
+            hold_id: HoldId::generate(),
+            event_id: EventId::generate(),
+            customer: a,
+            selection: seats(&["A1"]),
+            now: T0,
+        };
         assert_eq!(store.place_hold(other).await.unwrap().unwrap_err(), HoldRejection::EventNotFound);
     }
 
@@ -139,7 +168,10 @@ pub mod cases {
         let swept = store.expire_holds(at(61), 100).await.unwrap();
         assert_eq!(swept.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), vec![first.id.clone()]);
         let c = customer(store, "c@example.com").await;
-        assert_eq!(hold(store, &e, &c, seats(&["B5"]), at(61)).await.unwrap_err(), HoldRejection::Unavailable(vec!["B5".into()]));
+        assert_eq!(
+            hold(store, &e, &c, seats(&["B5"]), at(61)).await.unwrap_err(),
+            HoldRejection::Unavailable(vec!["B5".into()])
+        );
         assert_eq!(store.hold(&second.id).await.unwrap().unwrap().effective_status(at(61)), HoldStatus::Held);
     }
 
@@ -275,7 +307,8 @@ pub mod cases {
         let e = event_with(store, serde_json::json!({})).await;
         let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
         let h = hold(store, &e, &a, seats(&["E1", "E2"]), T0).await.unwrap();
-        let g = hold(store, &e, &a, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 4 }, T0).await.unwrap();
+        let g =
+            hold(store, &e, &a, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 4 }, T0).await.unwrap();
         assert!(matches!(store.release_hold(&h.id, &b.id, T0).await.unwrap(), ReleaseOutcome::NotFound));
         assert!(matches!(store.release_hold(&h.id, &a.id, T0).await.unwrap(), ReleaseOutcome::Released(_)));
         assert!(matches!(store.release_hold(&h.id, &a.id, T0).await.unwrap(), ReleaseOutcome::AlreadyEnded(_)));
@@ -342,7 +375,8 @@ pub mod cases {
         let a = customer(store, "a@example.com").await;
         assert!(matches!(hold(store, &e, &a, seats(&["A1"]), T0).await, Err(HoldRejection::NotOnSale(_))));
         assert!(hold(store, &e, &a, seats(&["A1"]), at(3600)).await.is_ok());
-        let cancelled = e.patched(&EventPatch { status: Some("cancelled".into()), ..Default::default() }, at(3601)).unwrap();
+        let cancelled =
+            e.patched(&EventPatch { status: Some("cancelled".into()), ..Default::default() }, at(3601)).unwrap();
         store.update_event(&cancelled).await.unwrap();
         assert!(matches!(hold(store, &e, &a, seats(&["A2"]), at(3602)).await, Err(HoldRejection::NotOnSale(_))));
     }
@@ -350,7 +384,11 @@ pub mod cases {
     pub async fn search_pages_in_start_order_with_filters(store: &DynStore) {
         let mut ids = Vec::new();
         for d in [3u32, 1, 2] {
-            let e = event_with(store, serde_json::json!({"title": format!("Show {d}"), "starts_at": at(d * 86_400).to_rfc3339()})).await;
+            let e = event_with(
+                store,
+                serde_json::json!({"title": format!("Show {d}"), "starts_at": at(d * 86_400).to_rfc3339()}),
+            )
+            .await;
             ids.push((d, e.id));
         }
         ids.sort_by_key(|(d, _)| *d);

@@ -48,13 +48,22 @@ async fn customers_cannot_call_admin_endpoints() {
     app.post("/v1/venues", None, demo::venue_json()).await.assert_problem(401, "unauthorized");
 
     let event = app.demo_event(json!({})).await;
-    let patch = app.send(Method::PATCH, &format!("/v1/events/{event}"), Some(&fan), Some(json!({"prices": {"standard": 1}}))).await;
+    let patch = app
+        .send(Method::PATCH, &format!("/v1/events/{event}"), Some(&fan), Some(json!({"prices": {"standard": 1}})))
+        .await;
     patch.assert_problem(403, "forbidden");
     let after = app.get(&format!("/v1/events/{event}"), None).await;
     assert_eq!(after.body["prices"]["standard"], 1500, "nothing changed");
 
     // And the admin can.
-    let ok = app.send(Method::PATCH, &format!("/v1/events/{event}"), Some(ADMIN_TOKEN), Some(json!({"prices": {"standard": 1800}}))).await;
+    let ok = app
+        .send(
+            Method::PATCH,
+            &format!("/v1/events/{event}"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"prices": {"standard": 1800}})),
+        )
+        .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.body["prices"]["standard"], 1800);
 }

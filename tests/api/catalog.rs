@@ -7,8 +7,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::{spawn_app, ADMIN_TOKEN};
-use boxoffice::domain::time::Clock;
 use boxoffice::demo;
+use boxoffice::domain::time::Clock;
 
 #[tokio::test]
 async fn search_filters_by_city_text_category_and_dates_and_pages_with_a_cursor() {
@@ -18,7 +18,13 @@ async fn search_filters_by_city_text_category_and_dates_and_pages_with_a_cursor(
     let day = |d: u32| app.clock.now().plus_secs(d * 86_400).to_rfc3339();
     let mut ids = Vec::new();
     for d in 1..=7 {
-        ids.push(app.create_event(&pune, json!({"title": format!("Jazz Night {d}"), "category": "concert", "starts_at": day(d)})).await);
+        ids.push(
+            app.create_event(
+                &pune,
+                json!({"title": format!("Jazz Night {d}"), "category": "concert", "starts_at": day(d)}),
+            )
+            .await,
+        );
     }
     app.create_event(&pune, json!({"title": "Silent Film", "category": "movie", "starts_at": day(2)})).await;
     app.create_event(&goa, json!({"title": "Jazz on the Beach", "category": "concert", "starts_at": day(3)})).await;
@@ -73,7 +79,10 @@ async fn event_detail_availability_and_seats_agree_with_holds() {
     let list = seats.body["seats"].as_array().unwrap();
     assert_eq!(list.len(), 300);
     let a1 = list.iter().find(|s| s["id"] == "A1").unwrap();
-    assert_eq!((a1["status"].as_str(), a1["price"].as_i64(), a1["category"].as_str()), (Some("held"), Some(4000), Some("premium")));
+    assert_eq!(
+        (a1["status"].as_str(), a1["price"].as_i64(), a1["category"].as_str()),
+        (Some("held"), Some(4000), Some("premium"))
+    );
     assert_eq!(seats.body["ga_areas"][0]["available"], 497);
 
     let a = app.get(&format!("/v1/events/{event}/availability"), None).await;
@@ -108,8 +117,12 @@ async fn venues_round_trip_and_admin_patches_take_effect() {
 
     let event = app.create_event(&venue, json!({})).await;
     let patched = app
-        .send(Method::PATCH, &format!("/v1/events/{event}"), Some(ADMIN_TOKEN),
-              Some(json!({"prices": {"premium": 4500}, "high_demand": true, "hold_ttl_seconds": 120})))
+        .send(
+            Method::PATCH,
+            &format!("/v1/events/{event}"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"prices": {"premium": 4500}, "high_demand": true, "hold_ttl_seconds": 120})),
+        )
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
     let fan = app.customer("fan@example.com").await;

@@ -72,11 +72,7 @@ pub async fn spawn_app() -> TestApp {
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    let client = Client::builder()
-        .timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1100)
-        .build()
-        .unwrap();
+    let client = Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(1100).build().unwrap();
     TestApp { base, client, clock, state, stop: Some(stop), server: Some(server), _dir: dir }
 }
 
@@ -94,8 +90,7 @@ impl Drop for TestApp {
 pub async fn reply(resp: reqwest::Response) -> Reply {
     let status = resp.status();
     let headers = resp.headers().clone();
-    let content_type =
-        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let bytes = resp.bytes().await.expect("body");
     let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
     Reply { status, content_type, body, headers }

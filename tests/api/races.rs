@@ -85,8 +85,12 @@ async fn five_hundred_fans_buying_best_available_sell_out_the_hall_exactly() {
                 let r = app.hold(&token, &event, json!({"best_available": {"count": want}})).await;
                 match r.status {
                     StatusCode::CREATED => {
-                        let seats: Vec<String> =
-                            r.body["seats"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+                        let seats: Vec<String> = r.body["seats"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|s| s.as_str().unwrap().to_owned())
+                            .collect();
                         assert_eq!(seats.len() as u32, want, "a hold has exactly the seats asked for");
                         held.push((r.id(), seats));
                         want = rng.random_range(1..=4);

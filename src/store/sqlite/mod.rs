@@ -84,7 +84,12 @@ impl SqliteStore {
             Synchronous::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
+        // Checkpoints run on their own thread (below), not inside a commit
+        // on the writer thread, so their I/O never stalls a group commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", -64 * 1024)?;
         migrate(&conn).with_context(|| format!("migrating {}", path.display()))?;
+        spawn_checkpointer(path)?;
 
         let manager = SqliteConnectionManager::file(path).with_init(|c| {
             configure(c)?;
@@ -151,6 +156,33 @@ fn classify(e: anyhow::Error) -> StoreError {
         }
     }
     StoreError::Internal(e)
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed WAL frames into the main database file with PASSIVE
+/// checkpoints, which never block the writer or readers. Stops when the
+/// database file goes away (a test's temporary directory) and otherwise
+/// runs for the life of the process.
+fn spawn_checkpointer(path: &Path) -> anyhow::Result<()> {
+    let conn = Connection::open(path).context("opening the checkpoint connection")?;
+    configure(&conn)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    let path = path.to_owned();
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if !path.exists() {
+                return;
+            }
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "SQLite checkpoint failed; will retry");
+            }
+        })
+        .context("starting the SQLite checkpoint thread")?;
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> anyhow::Result<()> {
@@ -273,7 +305,7 @@ fn expire_one(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<Opt
     let Some((event_id, seats, ga_area, ga_count)) = ended else {
         return Ok(None);
     };
-    release_inventory(conn, id, &event_id, ga_area.as_deref(), ga_count)?;
+    release_inventory(conn, id, &event_id, &seats, ga_area.as_deref(), ga_count)?;
     Ok(Some(ExpiredHold {
         id: HoldId::from_trusted(id.to_owned()),
         event_id: EventId::from_trusted(event_id),
@@ -281,21 +313,22 @@ fn expire_one(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<Opt
     }))
 }
 
-/// Frees whatever seats are still held by `hold_id`, and its GA places.
-/// Seats another hold has since taken over carry that hold's id and are
-/// left alone.
+/// Frees whatever of `seats` (a JSON array) is still held by `hold_id`,
+/// and its GA places. Seats another hold has since taken over carry that
+/// hold's id and are left alone.
 fn release_inventory(
     conn: &Connection,
     hold_id: &str,
     event_id: &str,
+    seats: &str,
     ga_area: Option<&str>,
     ga_count: i64,
 ) -> anyhow::Result<()> {
     conn.prepare_cached(
         "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
-         WHERE hold_id = ?1 AND event_id = ?2 AND status = 'held'",
+         WHERE event_id = ?2 AND seat_id IN (SELECT value FROM json_each(?3)) AND hold_id = ?1 AND status = 'held'",
     )?
-    .execute(params![hold_id, event_id])?;
+    .execute(params![hold_id, event_id, seats])?;
     if let Some(area) = ga_area {
         conn.prepare_cached("UPDATE ga_inventory SET held = held - ?3 WHERE event_id = ?1 AND area_id = ?2")?
             .execute(params![event_id, area, ga_count])?;
@@ -832,6 +865,7 @@ impl Store for SqliteStore {
                         c,
                         &id,
                         hold.event_id.as_str(),
+                        &seats_json(&hold.seats),
                         hold.ga.as_ref().map(|g| g.area.as_str()),
                         hold.ga.as_ref().map_or(0, |g| i64::from(g.count)),
                     )?;

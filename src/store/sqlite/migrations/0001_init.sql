@@ -66,7 +66,6 @@ CREATE TABLE seats (
     CHECK (status <> 'held' OR hold_expires_at IS NOT NULL)
 ) WITHOUT ROWID;
 CREATE INDEX seats_by_position ON seats (event_id, y, x);
-CREATE INDEX seats_by_hold ON seats (hold_id) WHERE hold_id IS NOT NULL;
 
 -- General admission: a counter per (event, area).
 CREATE TABLE ga_inventory (
