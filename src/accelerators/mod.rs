@@ -4,6 +4,8 @@
 //! Embedded implementations live in-process. Scale-out (Redis) versions
 //! implement the same traits.
 
+pub mod seat_feed;
 pub mod seat_locks;
 
+pub use seat_feed::{GaChange, SeatChange, SeatFeed};
 pub use seat_locks::{InProcessSeatLocks, LockOutcome, SeatLocks};

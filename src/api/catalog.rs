@@ -1,7 +1,14 @@
 //! The catalog: venues and events. Admins write; anyone reads.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -319,7 +326,7 @@ pub async fn availability(State(state): State<AppState>, ApiPath(id): ApiPath) -
     Ok((cache("public, max-age=1"), Json(AvailabilityView::from(a.as_ref()))))
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Clone)]
 pub struct SeatView {
     pub id: String,
     pub category: String,
@@ -328,7 +335,7 @@ pub struct SeatView {
     pub status: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Clone)]
 pub struct GaAreaView {
     pub id: String,
     pub name: String,
@@ -338,7 +345,7 @@ pub struct GaAreaView {
     pub available: u32,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Clone)]
 pub struct SeatsView {
     pub currency: String,
     pub seats: Vec<SeatView>,
@@ -383,6 +390,67 @@ pub async fn seats(State(state): State<AppState>, ApiPath(id): ApiPath) -> Resul
     let event = state.store.event(&id).await?.ok_or_else(not_found)?;
     let map = state.store.seat_map_state(&id, state.clock.now()).await?.ok_or_else(not_found)?;
     Ok((cache("no-store"), Json(seats_view(&event, map))))
+}
+
+/// Seat status as it changes: first a `snapshot` event (the same body as
+/// `GET /v1/events/{id}/seats`), then `change` events
+/// (`{"seats": [...], "status": "held"}`) and `ga` events with fresh GA
+/// counts. After a `snapshot`, the client's map is exact again; one is
+/// resent whenever this subscriber fell behind.
+#[utoipa::path(get, path = "/v1/events/{id}/seats/stream", tag = "catalog", params(("id" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", description = "snapshot, change and ga events"),
+              (status = 404, description = "event_not_found", body = Problem)))]
+pub async fn seats_stream(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_event_id(&id)?;
+    let event = state.store.event(&id).await?.ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
+    // Subscribe before the snapshot is read, so no change falls between.
+    let mut changes = state.booking.feed().subscribe(&id);
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let snapshot = |state: AppState, event: Event| async move {
+            let map = state.store.seat_map_state(&event.id, state.clock.now()).await.ok().flatten()?;
+            SseEvent::default().event("snapshot").json_data(seats_view(&event, map)).ok()
+        };
+        let Some(first) = snapshot(state.clone(), event.clone()).await else { return };
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        let mut ga_dirty = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => return,
+                msg = changes.recv() => match msg {
+                    Ok(change) => {
+                        ga_dirty |= change.ga.is_some();
+                        if change.seats.is_empty() {
+                            continue;
+                        }
+                        SseEvent::default().event("change").json_data(&change).ok()
+                    }
+                    Err(RecvError::Lagged(_)) => snapshot(state.clone(), event.clone()).await,
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick(), if ga_dirty => {
+                    ga_dirty = false;
+                    match state.store.seat_map_state(&event.id, state.clock.now()).await {
+                        Ok(Some(map)) => {
+                            let view = seats_view(&event, map);
+                            SseEvent::default().event("ga").json_data(serde_json::json!({"ga_areas": view.ga_areas})).ok()
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(e) = next {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Ok((cache("no-store"), Sse::new(stream).keep_alive(KeepAlive::default())))
 }
 
 #[cfg(test)]

@@ -114,6 +114,7 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/events/{id}", get(catalog::get_event).patch(catalog::patch_event))
         .route("/events/{id}/availability", get(catalog::availability))
         .route("/events/{id}/seats", get(catalog::seats))
+        .route("/events/{id}/seats/stream", get(catalog::seats_stream))
         .route("/events/{id}/holds", post(holds::create_hold))
         .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold));
 

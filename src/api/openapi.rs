@@ -24,7 +24,7 @@ impl Modify for Security {
         sessions::create_session,
         catalog::create_venue, catalog::get_venue,
         catalog::create_event, catalog::patch_event, catalog::get_event, catalog::search_events,
-        catalog::availability, catalog::seats,
+        catalog::availability, catalog::seats, catalog::seats_stream,
         holds::create_hold, holds::get_hold, holds::delete_hold,
         ops::healthz, ops::readyz, ops::metrics,
     ),

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accelerators::{LockOutcome, SeatLocks};
+use crate::accelerators::{GaChange, LockOutcome, SeatChange, SeatFeed, SeatLocks};
 use crate::domain::hold::{Hold, Selection};
 use crate::domain::ids::{EventId, HoldId, SeatId};
 use crate::domain::time::Clock;
@@ -39,12 +39,18 @@ pub enum HoldError {
 pub struct BookingService {
     store: DynStore,
     locks: Arc<dyn SeatLocks>,
+    feed: Arc<SeatFeed>,
     clock: Arc<dyn Clock>,
 }
 
 impl BookingService {
     pub fn new(store: DynStore, locks: Arc<dyn SeatLocks>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, locks, clock }
+        Self { store, locks, feed: Arc::new(SeatFeed::new()), clock }
+    }
+
+    /// Live seat changes, for the seat-map stream.
+    pub fn feed(&self) -> &Arc<SeatFeed> {
+        &self.feed
     }
 
     pub fn store(&self) -> &DynStore {
@@ -99,6 +105,14 @@ impl BookingService {
         match &result {
             Ok(Ok(hold)) => {
                 metrics::counter!("boxoffice_holds_placed_total").increment(1);
+                self.feed.publish(
+                    event_id,
+                    SeatChange {
+                        seats: hold.seats.clone(),
+                        status: "held",
+                        ga: hold.ga.as_ref().map(|g| GaChange { area: g.area.clone() }),
+                    },
+                );
                 if !hold.seats.is_empty() {
                     if let Err(e) = self.locks.set(event_id, &hold.seats, &hold.id, hold.expires_at).await {
                         tracing::warn!(error = %e, "could not record a placed hold in the fast path");
@@ -127,13 +141,22 @@ impl BookingService {
         if let ReleaseOutcome::Released(h) | ReleaseOutcome::AlreadyEnded(h) = &outcome {
             self.forget_locks(&h.event_id, &h.seats, &h.id).await;
         }
+        if let ReleaseOutcome::Released(h) = &outcome {
+            let ga = h.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
+            self.feed.publish(&h.event_id, SeatChange { seats: h.seats.clone(), status: "available", ga });
+        }
         Ok(outcome)
     }
 
-    /// Drops fast-path locks for holds the sweeper ended.
+    /// Drops fast-path locks for holds the sweeper ended and tells the
+    /// seat-map stream.
     pub async fn forget_expired(&self, expired: &[ExpiredHold]) {
         for h in expired {
             self.forget_locks(&h.event_id, &h.seats, &h.id).await;
+            let ga = h.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
+            if !h.freed.is_empty() || ga.is_some() {
+                self.feed.publish(&h.event_id, SeatChange { seats: h.freed.clone(), status: "available", ga });
+            }
         }
     }
 

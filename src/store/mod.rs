@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::{Event, EventStatus};
-use crate::domain::hold::{Hold, LimitExceeded, Selection};
+use crate::domain::hold::{GaSelection, Hold, LimitExceeded, Selection};
 use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
@@ -180,6 +180,10 @@ pub struct ExpiredHold {
     pub id: HoldId,
     pub event_id: EventId,
     pub seats: Vec<SeatId>,
+    /// The seats this expiry actually freed: those no other hold had
+    /// already taken over after the hold lapsed.
+    pub freed: Vec<SeatId>,
+    pub ga: Option<GaSelection>,
 }
 
 #[async_trait]

@@ -148,3 +148,58 @@ async fn operator_endpoints_answer() {
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
 }
+
+/// Reads the next server-sent event: its name and JSON data.
+async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> (String, serde_json::Value) {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if name.is_empty() {
+                continue; // keep-alive comment
+            }
+            return (name, serde_json::from_str(&data).unwrap());
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("stream still open");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn the_seat_stream_sends_a_snapshot_then_every_change() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let mut resp = app.client.get(app.url(&format!("/v1/events/{event}/seats/stream"))).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut buf = String::new();
+
+    let (name, snap) = next_sse(&mut resp, &mut buf).await;
+    assert_eq!(name, "snapshot");
+    assert_eq!(snap["seats"].as_array().unwrap().len(), 300);
+
+    let h = app.hold(&fan, &event, json!({"seats": ["A5", "A6"]})).await.id();
+    let (name, change) = next_sse(&mut resp, &mut buf).await;
+    assert_eq!((name.as_str(), &change), ("change", &json!({"seats": ["A5", "A6"], "status": "held"})));
+
+    app.send(Method::DELETE, &format!("/v1/holds/{h}"), Some(&fan), None).await;
+    let (_, change) = next_sse(&mut resp, &mut buf).await;
+    assert_eq!(change, json!({"seats": ["A5", "A6"], "status": "available"}));
+
+    app.hold(&fan, &event, json!({"ga": {"area": "floor", "count": 2}})).await;
+    let (name, ga) = next_sse(&mut resp, &mut buf).await;
+    assert_eq!(name, "ga");
+    assert_eq!(ga["ga_areas"][0]["available"], 498);
+}

@@ -299,17 +299,17 @@ fn expire_one(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<Opt
              RETURNING event_id, seats, ga_area, ga_count",
         )?
         .query_row(params![id, now.as_millis()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, u32>(3)?))
         })
         .optional()?;
-    let Some((event_id, seats, ga_area, ga_count)) = ended else {
-        return Ok(None);
-    };
-    release_inventory(conn, id, &event_id, &seats, ga_area.as_deref(), ga_count)?;
+    let Some((event_id, seats, ga_area, ga_count)) = ended else { return Ok(None) };
+    let freed = release_inventory(conn, id, &event_id, &seats, ga_area.as_deref(), i64::from(ga_count))?;
     Ok(Some(ExpiredHold {
         id: HoldId::from_trusted(id.to_owned()),
         event_id: EventId::from_trusted(event_id),
         seats: decode_seats(&seats)?,
+        freed,
+        ga: ga_area.map(|a| GaSelection { area: AreaId::from_trusted(a), count: ga_count }),
     }))
 }
 
@@ -323,17 +323,20 @@ fn release_inventory(
     seats: &str,
     ga_area: Option<&str>,
     ga_count: i64,
-) -> anyhow::Result<()> {
-    conn.prepare_cached(
-        "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
-         WHERE event_id = ?2 AND seat_id IN (SELECT value FROM json_each(?3)) AND hold_id = ?1 AND status = 'held'",
-    )?
-    .execute(params![hold_id, event_id, seats])?;
+) -> anyhow::Result<Vec<SeatId>> {
+    let freed = conn
+        .prepare_cached(
+            "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
+             WHERE event_id = ?2 AND seat_id IN (SELECT value FROM json_each(?3)) AND hold_id = ?1 AND status = 'held' \
+             RETURNING seat_id",
+        )?
+        .query_map(params![hold_id, event_id, seats], |r| r.get::<_, String>(0).map(SeatId::from_trusted))?
+        .collect::<rusqlite::Result<_>>()?;
     if let Some(area) = ga_area {
         conn.prepare_cached("UPDATE ga_inventory SET held = held - ?3 WHERE event_id = ?1 AND area_id = ?2")?
             .execute(params![event_id, area, ga_count])?;
     }
-    Ok(())
+    Ok(freed)
 }
 
 fn seats_json(seats: &[SeatId]) -> String {
