@@ -127,3 +127,44 @@ mod tests {
         assert!(c.database().unwrap_err().to_string().contains("database_url"));
     }
 }
+
+#[cfg(test)]
+mod layering_tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("boxoffice.toml", "listen = \"0.0.0.0:9000\"\ndata_dir = \"/srv/box\"\nlog = \"debug\"")?;
+            jail.set_env("BOXOFFICE_DATA_DIR", "/env/box");
+            jail.set_env("BOXOFFICE_ADMIN_TOKEN", "an-admin-token-of-length");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.to_string(), "0.0.0.0:9000", "from the file");
+            assert_eq!(c.data_dir, PathBuf::from("/env/box"), "env beats file");
+            assert_eq!(c.log, "debug");
+            assert_eq!(c.admin_token.as_deref(), Some("an-admin-token-of-length"));
+            assert_eq!(c.sweep_interval_seconds, 5, "default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BOXOFFICE_LISTEN", "not-an-address");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.to_lowercase().contains("listen"), "{err}");
+            jail.set_env("BOXOFFICE_LISTEN", "127.0.0.1:1");
+            jail.set_env("BOXOFFICE_ADMIN_TOKEN", "short");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("admin_token"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_config_file_must_exist() {
+        let err = Config::load(Some(Path::new("/nonexistent/boxoffice.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

@@ -772,14 +772,14 @@ impl Store for SqliteStore {
                 e.total += total;
                 e.sold += sold;
                 e.held += held;
-                e.available += total - sold - held;
+                e.available += total.saturating_sub(sold + held);
             }
             for a in ga_states(c, &id, now)? {
                 let e = by.entry(a.category.clone()).or_default();
                 e.total += u64::from(a.capacity);
                 e.available += u64::from(a.available);
                 e.sold += u64::from(a.sold);
-                e.held += u64::from(a.capacity - a.available - a.sold);
+                e.held += u64::from(a.capacity.saturating_sub(a.available).saturating_sub(a.sold));
             }
             Ok(Some(Availability::from_categories(by)))
         })
@@ -924,7 +924,7 @@ fn ga_states(c: &Connection, event_id: &str, now: Timestamp) -> anyhow::Result<V
                 name: r.get(1)?,
                 category: Category::from_trusted(r.get(2)?),
                 capacity,
-                available: capacity - held.saturating_sub(lapsed) - sold,
+                available: capacity.saturating_sub(held.saturating_sub(lapsed)).saturating_sub(sold),
                 sold,
             })
         })?
