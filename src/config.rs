@@ -129,6 +129,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod layering_tests {
     use super::*;
 
