@@ -66,6 +66,16 @@ impl Outcome {
     }
 }
 
+/// `BENCH_SYNC=auto|full|normal`; the default is the product's default.
+fn sync_policy() -> boxoffice::store::sqlite::Synchronous {
+    use boxoffice::store::sqlite::Synchronous;
+    match std::env::var("BENCH_SYNC").as_deref() {
+        Ok("full") => Synchronous::Full,
+        Ok("normal") => Synchronous::Normal,
+        _ => Synchronous::Auto,
+    }
+}
+
 fn secs() -> Duration {
     Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5))
 }
@@ -196,9 +206,7 @@ fn header() {
 
 async fn new_app(dir: &std::path::Path) -> (Application, Event, Vec<Customer>) {
     let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.to_owned(), ..Config::default() };
-    if std::env::var("BENCH_SYNC").as_deref() == Ok("normal") {
-        config.sqlite_synchronous = boxoffice::store::sqlite::Synchronous::Normal;
-    }
+    config.sqlite_synchronous = sync_policy();
     let store: DynStore = Arc::new(SqliteStore::open(&dir.join("bench.db"), config.sqlite_synchronous).unwrap());
     let (event, customers) = seed(&store).await;
     let noop =
@@ -213,8 +221,9 @@ fn main() {
     rt.block_on(async {
         eprintln!("seeding {} seats and {CUSTOMERS} customers per phase...", ROWS * PER_ROW);
         println!(
-            "\n{CONNECTIONS} concurrent workers, {} s per phase, SQLite synchronous=FULL, {} cores\n",
+            "\n{CONNECTIONS} concurrent workers, {} s per phase, SQLite synchronous={:?}, {} cores\n",
             secs().as_secs(),
+            sync_policy(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         );
         header();

@@ -25,7 +25,7 @@ pub struct Config {
     /// unset, `serve` and `demo` generate one and print it once.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
-    /// `BOXOFFICE_SQLITE_SYNCHRONOUS`: `full` (default) or `normal`.
+    /// `BOXOFFICE_SQLITE_SYNCHRONOUS`: `auto` (default), `full` or `normal`.
     pub sqlite_synchronous: Synchronous,
     /// `BOXOFFICE_SWEEP_INTERVAL_SECONDS`: how often lapsed holds are tidied.
     pub sweep_interval_seconds: u64,
@@ -46,7 +46,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             admin_token: None,
-            sqlite_synchronous: Synchronous::Full,
+            sqlite_synchronous: Synchronous::Auto,
             sweep_interval_seconds: 5,
             session_ttl_hours: 24 * 30,
             max_body_bytes: 256 * 1024,

@@ -34,7 +34,7 @@ use crate::domain::venue::Venue;
 
 mod writer;
 
-use writer::{Keep, Writer};
+use writer::{Durability, Keep, Writer};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: u32 = 8;
@@ -43,15 +43,21 @@ const BEST_AVAILABLE_CANDIDATES: u32 = 4000;
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
 
-/// How hard SQLite works to make a commit durable. `Full` syncs the WAL on
-/// every commit (one fsync per group commit); `Normal` may lose the last
-/// commits on power loss, never on a process crash.
+/// How hard SQLite works to make a commit durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
-    #[default]
+    /// Every commit survives power loss: the WAL is synced at each group
+    /// commit.
     Full,
+    /// No commit waits for the disk; a power cut may lose the last ones,
+    /// a process crash never does.
     Normal,
+    /// `Full` for group commits that carry anything that must survive
+    /// power loss (catalog changes, money), `Normal` for those made only
+    /// of holds, releases and expiries.
+    #[default]
+    Auto,
 }
 
 pub struct SqliteStore {
@@ -79,11 +85,7 @@ impl SqliteStore {
         if !mode.eq_ignore_ascii_case("wal") {
             bail!("SQLite refused WAL mode (got {mode}) for {}", path.display());
         }
-        let sync = match sync {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         // Checkpoints run on their own thread (below), not inside a commit
         // on the writer thread, so their I/O never stalls a group commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -101,7 +103,7 @@ impl SqliteStore {
             .connection_timeout(BUSY_TIMEOUT)
             .build(manager)
             .context("opening SQLite read connections")?;
-        Ok(SqliteStore { writer: Writer::spawn(conn)?, readers, path: path.to_owned() })
+        Ok(SqliteStore { writer: Writer::spawn(conn, sync)?, readers, path: path.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -122,12 +124,23 @@ impl SqliteStore {
         .map_err(|e| StoreError::Internal(anyhow!("read task failed: {e}")))?
     }
 
+    /// A write that must survive power loss once it returns.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<(T, Keep)> + Send + 'static,
     {
-        self.writer.write(f).await.map_err(classify)
+        self.writer.write(Durability::PowerLoss, f).await.map_err(classify)
+    }
+
+    /// A write of hold state only: it must survive a crash, and may be
+    /// undone by a power cut (see [`Durability::Crash`]).
+    async fn write_hold_state<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<(T, Keep)> + Send + 'static,
+    {
+        self.writer.write(Durability::Crash, f).await.map_err(classify)
     }
 }
 
@@ -160,16 +173,23 @@ fn classify(e: anyhow::Error) -> StoreError {
 
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// A WAL longer than this many frames (about 40 MiB) gets a RESTART
+/// checkpoint, which briefly waits for the writer so the next commit
+/// starts the WAL over instead of growing it.
+const WAL_RESTART_FRAMES: i64 = 10_000;
 
-/// Copies committed WAL frames into the main database file with PASSIVE
-/// checkpoints, which never block the writer or readers. Stops when the
-/// database file goes away (a test's temporary directory) and otherwise
-/// runs for the life of the process.
+/// Copies committed WAL frames into the main database file. PASSIVE
+/// checkpoints never block the writer or readers, but under constant
+/// writes they never catch up, so the WAL would grow without end; once it
+/// is long, a RESTART checkpoint makes the writer start it over. Stops when
+/// the database file goes away (a test's temporary directory).
 fn spawn_checkpointer(path: &Path) -> anyhow::Result<()> {
     let conn = Connection::open(path).context("opening the checkpoint connection")?;
     configure(&conn)?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     let path = path.to_owned();
+    let checkpoint = move |mode: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1))
+    };
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || loop {
@@ -177,7 +197,14 @@ fn spawn_checkpointer(path: &Path) -> anyhow::Result<()> {
             if !path.exists() {
                 return;
             }
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            let done = checkpoint("PASSIVE").and_then(|frames| {
+                if frames > WAL_RESTART_FRAMES {
+                    checkpoint("RESTART").map(|_| ())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = done {
                 tracing::warn!(error = %e, "SQLite checkpoint failed; will retry");
             }
         })
@@ -831,7 +858,7 @@ impl Store for SqliteStore {
     }
 
     async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>> {
-        self.write(move |c| place_hold_tx(c, &p).map(keep_if_ok)).await
+        self.write_hold_state(move |c| place_hold_tx(c, &p).map(keep_if_ok)).await
     }
 
     async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>> {
@@ -841,7 +868,7 @@ impl Store for SqliteStore {
 
     async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome> {
         let (id, customer) = (id.to_string(), customer.clone());
-        self.write(move |c| {
+        self.write_hold_state(move |c| {
             let Some(hold) = load_hold(c, &id)?.filter(|h| h.customer_id == customer) else {
                 return Ok((ReleaseOutcome::NotFound, Keep::Rollback));
             };
@@ -881,7 +908,7 @@ impl Store for SqliteStore {
     }
 
     async fn expire_holds(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<ExpiredHold>> {
-        self.write(move |c| {
+        self.write_hold_state(move |c| {
             let ids: Vec<String> = c
                 .prepare_cached(
                     "SELECT id FROM holds WHERE status = 'held' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",

@@ -19,6 +19,8 @@ use anyhow::{anyhow, Context};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::Synchronous;
+
 /// The most jobs one transaction carries.
 const MAX_BATCH: usize = 256;
 /// Jobs waiting beyond this make callers wait to enqueue (backpressure).
@@ -31,8 +33,24 @@ pub(super) enum Keep {
     Rollback,
 }
 
+/// How durable a job's commit must be; see [`super::Synchronous`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// Must survive power loss once acknowledged: catalog changes, and
+    /// anything about money.
+    PowerLoss,
+    /// Must survive a process crash; a power cut may undo it. Holds,
+    /// releases and expiries: losing one equals an early expiry, and every
+    /// later step re-checks the database.
+    Crash,
+}
+
 type Finisher = Box<dyn FnOnce(Result<(), Arc<anyhow::Error>>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send>;
+
+struct Job {
+    durability: Durability,
+    run: Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send>,
+}
 
 #[derive(Clone)]
 pub(super) struct Writer {
@@ -42,24 +60,24 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread, which owns `conn` until every `Writer`
     /// handle is dropped.
-    pub(super) fn spawn(conn: Connection) -> anyhow::Result<Writer> {
+    pub(super) fn spawn(conn: Connection, policy: Synchronous) -> anyhow::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, policy))
             .context("starting the SQLite writer thread")?;
         Ok(Writer { tx })
     }
 
     /// Runs `f` inside the next group transaction and returns its value
     /// once that transaction has committed.
-    pub(super) async fn write<T, F>(&self, f: F) -> anyhow::Result<T>
+    pub(super) async fn write<T, F>(&self, durability: Durability, f: F) -> anyhow::Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<(T, Keep)> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<anyhow::Result<T>>();
-        let job: Job = Box::new(move |conn| {
+        let run: Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send> = Box::new(move |conn| {
             let outcome =
                 catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| Err(anyhow!("a write job panicked")));
             match outcome {
@@ -77,13 +95,14 @@ impl Writer {
                 ),
             }
         });
-        self.tx.send(job).await.map_err(|_| anyhow!("the SQLite writer has stopped"))?;
+        self.tx.send(Job { durability, run }).await.map_err(|_| anyhow!("the SQLite writer has stopped"))?;
         answer.await.map_err(|_| anyhow!("the SQLite write transaction failed before this write ran"))?
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, policy: Synchronous) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut current: Option<&'static str> = None;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -93,6 +112,20 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             }
         }
         metrics::histogram!("boxoffice_sqlite_group_commit_jobs").record(batch.len() as f64);
+        // The level applies at COMMIT; a FULL commit also makes every
+        // earlier NORMAL one durable, since the WAL is synced in order.
+        let level = match policy {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Auto if batch.iter().any(|j| j.durability == Durability::PowerLoss) => "FULL",
+            Synchronous::Auto => "NORMAL",
+        };
+        if current != Some(level) {
+            match conn.pragma_update(None, "synchronous", level) {
+                Ok(()) => current = Some(level),
+                Err(e) => tracing::error!(error = %e, "could not set SQLite synchronous level"),
+            }
+        }
         run_batch(&conn, &mut batch);
     }
 }
@@ -119,7 +152,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
             broken = Some(Arc::new(anyhow::Error::new(e).context("SAVEPOINT")));
             continue;
         }
-        let (keep, finish) = job(conn);
+        let (keep, finish) = (job.run)(conn);
         let end = match keep {
             Keep::Commit => exec(conn, "RELEASE job"),
             Keep::Rollback => exec(conn, "ROLLBACK TO job").and_then(|()| exec(conn, "RELEASE job")),
