@@ -61,7 +61,7 @@ impl BookingService {
         &self.clock
     }
 
-    #[tracing::instrument(skip_all, fields(event.id = %event_id, customer.id = %customer.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(event.id = %event_id, customer.id = %customer.id))]
     pub async fn place_hold(
         &self,
         customer: &Customer,
