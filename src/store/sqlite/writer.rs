@@ -46,10 +46,11 @@ pub(super) enum Durability {
 }
 
 type Finisher = Box<dyn FnOnce(Result<(), Arc<anyhow::Error>>) + Send>;
+type Work = Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send>;
 
 struct Job {
     durability: Durability,
-    run: Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send>,
+    run: Work,
 }
 
 #[derive(Clone)]
@@ -77,7 +78,7 @@ impl Writer {
         F: FnOnce(&Connection) -> anyhow::Result<(T, Keep)> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<anyhow::Result<T>>();
-        let run: Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send> = Box::new(move |conn| {
+        let run: Work = Box::new(move |conn| {
             let outcome =
                 catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| Err(anyhow!("a write job panicked")));
             match outcome {
