@@ -89,6 +89,32 @@ async fn hold(
         .expect("store call succeeds")
 }
 
+/// `n` customers, each with a session, race one hold each: all released
+/// together by a barrier, with nothing but the store between them.
+async fn race(
+    store: &DynStore,
+    e: &Event,
+    n: usize,
+    selection: impl Fn(usize) -> Selection,
+) -> Vec<(usize, Result<boxoffice::domain::hold::Hold, HoldRejection>)> {
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (store, e, barrier, sel) = (store.clone(), e.clone(), barrier.clone(), selection(i));
+            tokio::spawn(async move {
+                let who = customer(&store, &format!("fan{i}@example.com")).await;
+                barrier.wait().await;
+                (i, hold(&store, &e, &who, sel, T0).await)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 pub mod cases {
     use super::*;
 
@@ -190,22 +216,10 @@ pub mod cases {
     }
 
     pub async fn one_seat_raced_by_many_has_exactly_one_winner(store: &DynStore) {
-        let e = Arc::new(event_with(store, serde_json::json!({})).await);
-        let n = 200;
-        let barrier = Arc::new(Barrier::new(n));
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    let who = customer(&store, &format!("fan{i}@example.com")).await;
-                    barrier.wait().await;
-                    hold(&store, &e, &who, seats(&["A7"]), T0).await
-                })
-            })
-            .collect();
+        let e = event_with(store, serde_json::json!({})).await;
         let mut wins = 0;
-        for t in tasks {
-            match t.await.unwrap() {
+        for (_, r) in race(store, &e, 200, |_| seats(&["A7"])).await {
+            match r {
                 Ok(_) => wins += 1,
                 Err(r) => assert_eq!(r, HoldRejection::Unavailable(vec!["A7".into()])),
             }
@@ -214,28 +228,15 @@ pub mod cases {
     }
 
     pub async fn overlapping_multi_seat_races_leave_no_partial_hold(store: &DynStore) {
-        let e = Arc::new(event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await);
-        let n = 120;
-        let barrier = Arc::new(Barrier::new(n));
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
-                // Windows of 3 consecutive seats in row D: neighbours overlap.
-                let want: Vec<String> = (0..3).map(|k| format!("D{}", (i % 18) + 1 + k)).collect();
-                tokio::spawn(async move {
-                    let who = customer(&store, &format!("fan{i}@example.com")).await;
-                    let sel = Selection::Seats(want.iter().map(|s| seat(s)).collect());
-                    barrier.wait().await;
-                    (want, hold(&store, &e, &who, sel, T0).await)
-                })
-            })
-            .collect();
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await;
+        // Windows of 3 consecutive seats in row D: neighbours overlap.
+        let want = |i: usize| -> Vec<String> { (0..3).map(|k| format!("D{}", (i % 18) + 1 + k)).collect() };
+        let results = race(store, &e, 120, |i| Selection::Seats(want(i).iter().map(|s| seat(s)).collect())).await;
         let mut owned: HashSet<String> = HashSet::new();
-        for t in tasks {
-            let (want, r) = t.await.unwrap();
+        for (i, r) in results {
             if let Ok(h) = r {
-                assert_eq!(h.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>(), want);
-                for s in want {
+                assert_eq!(h.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>(), want(i));
+                for s in want(i) {
                     assert!(owned.insert(s.clone()), "{s} held twice");
                 }
             }
@@ -248,22 +249,11 @@ pub mod cases {
     }
 
     pub async fn ga_capacity_holds_under_concurrency(store: &DynStore) {
-        let e = Arc::new(event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await);
-        let n = 40;
-        let barrier = Arc::new(Barrier::new(n));
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    let who = customer(&store, &format!("fan{i}@example.com")).await;
-                    barrier.wait().await;
-                    hold(&store, &e, &who, Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 30 }, T0).await
-                })
-            })
-            .collect();
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await;
+        let floor = AreaId::parse("floor").unwrap();
         let mut wins = 0;
-        for t in tasks {
-            match t.await.unwrap() {
+        for (_, r) in race(store, &e, 40, |_| Selection::Ga { area: floor.clone(), count: 30 }).await {
+            match r {
                 Ok(_) => wins += 1,
                 Err(r) => assert_eq!(r, HoldRejection::Unavailable(vec!["floor".into()])),
             }
@@ -274,23 +264,11 @@ pub mod cases {
     }
 
     pub async fn best_available_never_hands_out_a_seat_twice(store: &DynStore) {
-        let e = Arc::new(event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await);
-        let n = 100;
-        let barrier = Arc::new(Barrier::new(n));
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    let who = customer(&store, &format!("fan{i}@example.com")).await;
-                    barrier.wait().await;
-                    hold(&store, &e, &who, Selection::BestAvailable { count: 4, category: None }, T0).await
-                })
-            })
-            .collect();
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 100})).await;
         let mut taken = HashSet::new();
         let mut wins = 0;
-        for t in tasks {
-            if let Ok(h) = t.await.unwrap() {
+        for (_, r) in race(store, &e, 100, |_| Selection::BestAvailable { count: 4, category: None }).await {
+            if let Ok(h) = r {
                 wins += 1;
                 assert_eq!(h.seats.len(), 4);
                 for s in h.seats {

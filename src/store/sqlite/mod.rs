@@ -271,13 +271,20 @@ fn event_from_row(r: &Row) -> anyhow::Result<Event> {
     })
 }
 
-fn load_event(conn: &Connection, id: &str) -> anyhow::Result<Option<Event>> {
-    let mut st = conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?;
+/// The one row `sql` finds for `id`, decoded by `decode`, if any.
+fn find_one<T>(
+    conn: &Connection,
+    sql: &str,
+    id: &str,
+    decode: fn(&Row) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let mut st = conn.prepare_cached(sql)?;
     let mut rows = st.query([id])?;
-    match rows.next()? {
-        Some(r) => Ok(Some(event_from_row(r)?)),
-        None => Ok(None),
-    }
+    rows.next()?.map(decode).transpose()
+}
+
+fn load_event(conn: &Connection, id: &str) -> anyhow::Result<Option<Event>> {
+    find_one(conn, &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"), id, event_from_row)
 }
 
 const HOLD_COLUMNS: &str =
@@ -307,12 +314,7 @@ fn hold_from_row(r: &Row) -> anyhow::Result<Hold> {
 }
 
 fn load_hold(conn: &Connection, id: &str) -> anyhow::Result<Option<Hold>> {
-    let mut st = conn.prepare_cached(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1"))?;
-    let mut rows = st.query([id])?;
-    match rows.next()? {
-        Some(r) => Ok(Some(hold_from_row(r)?)),
-        None => Ok(None),
-    }
+    find_one(conn, &format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1"), id, hold_from_row)
 }
 
 /// Ends one hold if it is still `held` and past its expiry, giving its
