@@ -780,10 +780,7 @@ impl Store for SqliteStore {
     async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Availability>> {
         let id = id.to_string();
         self.read(move |c| {
-            if !c
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1)")?
-                .query_row([&id], |r| r.get::<_, bool>(0))?
-            {
+            if !event_exists(c, &id)? {
                 return Ok(None);
             }
             let mut by: BTreeMap<Category, Counts> = BTreeMap::new();
@@ -818,10 +815,7 @@ impl Store for SqliteStore {
     async fn seat_map_state(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<SeatMapState>> {
         let id = id.to_string();
         self.read(move |c| {
-            if !c
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1)")?
-                .query_row([&id], |r| r.get::<_, bool>(0))?
-            {
+            if !event_exists(c, &id)? {
                 return Ok(None);
             }
             let seats = c
@@ -925,6 +919,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn event_exists(c: &Connection, id: &str) -> anyhow::Result<bool> {
+    Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1)")?.query_row([id], |r| r.get(0))?)
 }
 
 struct GaRow {
