@@ -20,6 +20,7 @@ use crate::booking::BookingService;
 use crate::config::{Config, Database};
 use crate::domain::time::Clock;
 use crate::jobs::sweeper;
+use crate::store::postgres::{PgSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::DynStore;
 use crate::telemetry;
@@ -36,9 +37,18 @@ pub enum Role {
 }
 
 /// Opens the configured source of truth, migrating it.
-pub fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
     match config.database()? {
         Database::Sqlite(path) => Ok(Arc::new(SqliteStore::open(&path, config.sqlite_synchronous)?)),
+        Database::Postgres { primary, replicas } => {
+            let timeout = Duration::from_millis(config.database_statement_timeout_ms);
+            let settings = PgSettings {
+                max_connections: config.database_max_connections,
+                acquire_timeout: timeout,
+                statement_timeout: timeout,
+            };
+            Ok(Arc::new(PgStore::connect(&primary, &replicas, &settings).await?))
+        }
     }
 }
 
@@ -52,7 +62,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &Config, role: Role, clock: Arc<dyn Clock>, admin_token: &str) -> anyhow::Result<Self> {
-        let store = open_store(config)?;
+        let store = open_store(config).await?;
         Self::build_with_store(config, role, clock, admin_token, store, Router::new()).await
     }
 

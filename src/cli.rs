@@ -45,7 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logging(&config.log);
     match cli.command {
         Command::Migrate => {
-            let store = open_store(&config)?;
+            let store = open_store(&config).await?;
             println!("migrated the {} database; it is up to date", store.backend());
             Ok(())
         }
@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             reset_demo_database(&path)?;
             config.database_url = Some(format!("sqlite://{}", path.display()));
             let admin_token = admin_token(&config);
-            let store = open_store(&config)?;
+            let store = open_store(&config).await?;
             let event = seed_demo(&store).await?;
             let app = Application::build_with_store(
                 &config,

@@ -19,8 +19,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `BOXOFFICE_DATA_DIR`: home of the embedded SQLite database.
     pub data_dir: PathBuf,
-    /// `BOXOFFICE_DATABASE_URL`: overrides `data_dir`. `sqlite://PATH`.
+    /// `BOXOFFICE_DATABASE_URL`: overrides `data_dir`: `sqlite://PATH` or
+    /// `postgres://…` (the scale-out primary).
     pub database_url: Option<String>,
+    /// `BOXOFFICE_DATABASE_READ_URL`: PostgreSQL read replicas for search and
+    /// catalog reads, comma-separated. Unset: the primary serves them.
+    pub database_read_url: Option<String>,
+    /// `BOXOFFICE_DATABASE_MAX_CONNECTIONS`: PostgreSQL pool size per node.
+    pub database_max_connections: u32,
+    /// `BOXOFFICE_DATABASE_STATEMENT_TIMEOUT_MS`: PostgreSQL's
+    /// `statement_timeout`, and the pool's acquire timeout.
+    pub database_statement_timeout_ms: u64,
     /// `BOXOFFICE_ADMIN_TOKEN`: bearer token for admin endpoints. When
     /// unset, `serve` and `demo` generate one and print it once.
     #[serde(skip_serializing)]
@@ -45,6 +54,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            database_read_url: None,
+            database_max_connections: 16,
+            database_statement_timeout_ms: 5_000,
             admin_token: None,
             sqlite_synchronous: Synchronous::Auto,
             sweep_interval_seconds: 5,
@@ -60,6 +72,7 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    Postgres { primary: String, replicas: Vec<String> },
 }
 
 impl Config {
@@ -85,6 +98,9 @@ impl Config {
         if c.request_timeout_seconds == 0 {
             bail!("request_timeout_seconds must be at least 1");
         }
+        if c.database_max_connections == 0 || c.database_statement_timeout_ms == 0 {
+            bail!("database_max_connections and database_statement_timeout_ms must be at least 1");
+        }
         if c.sweep_interval_seconds == 0 {
             bail!("sweep_interval_seconds must be at least 1");
         }
@@ -107,9 +123,18 @@ impl Config {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            bail!("database_url: PostgreSQL is not supported by this build yet; use sqlite://PATH or leave it unset");
+            let replicas = self
+                .database_read_url
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return Ok(Database::Postgres { primary: url.to_owned(), replicas });
         }
-        bail!("database_url {url:?}: expected sqlite://PATH")
+        bail!("database_url {url:?}: expected sqlite://PATH or postgres://…")
     }
 }
 
@@ -123,6 +148,15 @@ mod tests {
         assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from("./data/boxoffice.db")));
         c.database_url = Some("sqlite:///tmp/x.db".into());
         assert_eq!(c.database().unwrap(), Database::Sqlite(PathBuf::from("/tmp/x.db")));
+        c.database_url = Some("postgres://db1/box".into());
+        c.database_read_url = Some("postgres://r1/box, postgres://r2/box".into());
+        assert_eq!(
+            c.database().unwrap(),
+            Database::Postgres {
+                primary: "postgres://db1/box".into(),
+                replicas: vec!["postgres://r1/box".into(), "postgres://r2/box".into()]
+            }
+        );
         c.database_url = Some("mysql://x".into());
         assert!(c.database().unwrap_err().to_string().contains("database_url"));
     }

@@ -77,3 +77,31 @@ async fn demo_serves_a_seeded_event_and_prints_how_to_use_it() {
         reqwest::get(format!("{base}/v1/events/{event}")).await.unwrap().json().await.unwrap();
     assert_eq!(detail["status"], "on_sale");
 }
+
+/// `migrate` against PostgreSQL, on a database made for this test.
+#[tokio::test]
+async fn migrate_also_runs_against_postgres() {
+    use sqlx::Connection;
+    let admin =
+        std::env::var("BOXOFFICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("boxoffice_cli_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL is reachable (see .ci/run)");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let out = Command::new(BIN).arg("migrate").env("BOXOFFICE_DATABASE_URL", &url).output().unwrap();
+    let tables: i64 = {
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let n = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('seats', 'holds', 'events')",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        n
+    };
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut c).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("postgres"));
+    assert_eq!(tables, 3);
+}

@@ -431,3 +431,48 @@ mod sqlite {
 
     all_cases!(make);
 }
+
+mod postgres {
+    use super::*;
+    use boxoffice::store::postgres::{PgSettings, PgStore};
+    use sqlx::Connection;
+
+    /// The server the tests may create databases on.
+    fn admin_url() -> String {
+        std::env::var("BOXOFFICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// Drops the test's database when the test ends, pass or fail.
+    struct DropDatabase(String);
+
+    impl Drop for DropDatabase {
+        fn drop(&mut self) {
+            let name = self.0.clone();
+            // Drop runs outside any runtime we may block, so use a thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url()).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    async fn make() -> Harness {
+        let name = format!("boxoffice_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("PostgreSQL is reachable (see .ci/run)");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let guard = DropDatabase(name.clone());
+        let base = admin_url();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let settings = PgSettings { max_connections: 40, ..PgSettings::default() };
+        let store = PgStore::connect(&url, &[], &settings).await.unwrap();
+        Harness { store: Arc::new(store), _guard: Box::new(guard) }
+    }
+
+    all_cases!(make);
+}

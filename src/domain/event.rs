@@ -326,6 +326,12 @@ impl Event {
         self.prices.get(c).copied()
     }
 
+    /// The price of one ticket in each of `categories`, summed. `None` if a
+    /// category has no price (creation forbids that) or the sum overflows.
+    pub fn amount_for(&self, categories: &[Category]) -> Option<i64> {
+        categories.iter().try_fold(0i64, |sum, c| sum.checked_add(self.price_of(c)?))
+    }
+
     /// Categories from the most to the least expensive: "best first".
     pub fn categories_best_first(&self) -> Vec<Category> {
         let mut cats: Vec<(&Category, &i64)> = self.prices.iter().collect();

@@ -21,6 +21,7 @@ use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
 mod codec;
+pub mod postgres;
 pub mod sqlite;
 
 pub type StoreResult<T> = Result<T, StoreError>;

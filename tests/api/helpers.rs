@@ -23,6 +23,53 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
+    /// Dropped after the server stops: removes a PostgreSQL test database.
+    _database: Option<TestDatabase>,
+}
+
+/// Which store a test app runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("BOXOFFICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+pub struct TestDatabase {
+    name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        use sqlx::Connection;
+        let name = format!("boxoffice_api_{}", uuid::Uuid::new_v4().simple());
+        let mut admin =
+            sqlx::PgConnection::connect(&pg_admin_url()).await.expect("PostgreSQL is reachable (see .ci/run)");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let url = format!("{}/{name}", pg_admin_url().rsplit_once('/').unwrap().0);
+        TestDatabase { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// A response with its status and body, whatever the body's type.
@@ -55,10 +102,20 @@ impl Reply {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_on(Backend::Sqlite).await
+}
+
+pub async fn spawn_app_on(backend: Backend) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestDatabase::create().await),
+    };
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_owned(),
+        database_url: database.as_ref().map(|d| d.url.clone()),
+        database_max_connections: 32,
         sqlite_synchronous: boxoffice::store::sqlite::Synchronous::Normal,
         ..Config::default()
     };
@@ -73,7 +130,7 @@ pub async fn spawn_app() -> TestApp {
         let _ = stopped.await;
     }));
     let client = Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(1100).build().unwrap();
-    TestApp { base, client, clock, state, stop: Some(stop), server: Some(server), _dir: dir }
+    TestApp { base, client, clock, state, stop: Some(stop), server: Some(server), _dir: dir, _database: database }
 }
 
 impl Drop for TestApp {

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::helpers::{spawn_app, Reply, TestApp};
+use crate::helpers::{spawn_app_on, Backend, Reply, TestApp};
 use boxoffice::demo;
 
 /// Runs one request per token, all released by one barrier. Each task
@@ -42,7 +42,16 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_fans_clicking_the_same_seat_get_exactly_one_hold() {
-    let app = Arc::new(spawn_app().await);
+    thousand_fans_one_seat(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_fans_clicking_the_same_seat_get_exactly_one_hold_on_postgres() {
+    thousand_fans_one_seat(Backend::Postgres).await;
+}
+
+async fn thousand_fans_one_seat(backend: Backend) {
+    let app = Arc::new(spawn_app_on(backend).await);
     let event = app.demo_event(json!({})).await;
     let tokens = app.customers(1000).await;
 
@@ -66,7 +75,16 @@ async fn a_thousand_fans_clicking_the_same_seat_get_exactly_one_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_fans_buying_best_available_sell_out_the_hall_exactly() {
-    let app = Arc::new(spawn_app().await);
+    best_available_sell_out(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_fans_buying_best_available_sell_out_the_hall_exactly_on_postgres() {
+    best_available_sell_out(Backend::Postgres).await;
+}
+
+async fn best_available_sell_out(backend: Backend) {
+    let app = Arc::new(spawn_app_on(backend).await);
     let venue = app.create_venue(demo::sized_venue_json("Sellout Hall", "Springfield", 15, 20, 0)).await;
     let event = app.create_event(&venue, json!({"max_tickets_per_customer": 100})).await;
     let tokens = app.customers(500).await;
@@ -128,7 +146,16 @@ async fn five_hundred_fans_buying_best_available_sell_out_the_hall_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_multi_seat_holds_are_all_or_nothing() {
-    let app = Arc::new(spawn_app().await);
+    overlapping_multi_seat(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_multi_seat_holds_are_all_or_nothing_on_postgres() {
+    overlapping_multi_seat(Backend::Postgres).await;
+}
+
+async fn overlapping_multi_seat(backend: Backend) {
+    let app = Arc::new(spawn_app_on(backend).await);
     let event = app.demo_event(json!({"max_tickets_per_customer": 100})).await;
     let tokens = app.customers(300).await;
     // 300 fans, each wanting 2-4 seats from the same 12: heavy overlap.

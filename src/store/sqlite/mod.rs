@@ -537,11 +537,9 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
         },
     };
 
-    let mut amount: i64 = 0;
-    for c in &categories {
-        let price = event.price_of(c).ok_or_else(|| anyhow!("event {} has no price for {c}", event.id))?;
-        amount = amount.checked_add(price).ok_or_else(|| anyhow!("hold amount overflows"))?;
-    }
+    let amount = event
+        .amount_for(&categories)
+        .ok_or_else(|| anyhow!("event {} cannot price categories {categories:?}", event.id))?;
     let hold = Hold {
         id: p.hold_id.clone(),
         event_id: p.event_id.clone(),

@@ -1,0 +1,936 @@
+//! The scale-out store: PostgreSQL through sqlx.
+//!
+//! Every change is the same conditional write as in SQLite, in its own
+//! transaction at READ COMMITTED. Why that is enough: an `UPDATE … WHERE
+//! <precondition>` takes a row lock on each row it changes; a second
+//! transaction updating the same row waits for the first to commit, then
+//! re-checks the WHERE clause against the row's *new* version (PostgreSQL's
+//! EvalPlanQual recheck) and skips it if the precondition no longer holds.
+//! So two holds can never both change one seat, and the rows-changed count
+//! tells each transaction exactly what it got. See ARCHITECTURE.md.
+//!
+//! * Pools have an acquire timeout, and every statement a server-side
+//!   `statement_timeout`.
+//! * Multi-seat updates lock rows in seat-id order (the primary-key scan
+//!   of a sorted array), and deadlock or serialization failures are retried.
+//! * The purchase limit takes a transaction-scoped advisory lock per
+//!   (buyer, event), so two concurrent holds of one buyer are counted in turn.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::codec::{
+    decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
+};
+use super::{
+    Availability, Counts, Customer, EventQuery, ExpiredHold, GaState, HoldPlacement, HoldRejection, NewSession,
+    ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+};
+use crate::domain::customer::{Email, TokenHash};
+use crate::domain::event::Event;
+use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use crate::domain::money::Currency;
+use crate::domain::seating::{pick_best, FreeSeat};
+use crate::domain::time::Timestamp;
+use crate::domain::venue::Venue;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+/// Serialises migrations across nodes starting at once.
+const MIGRATION_LOCK: i64 = 0x626f_786f_6666_6963; // "boxoffic"
+const BEST_AVAILABLE_CANDIDATES: i64 = 4000;
+/// Attempts for a hold that hit a deadlock, a serialization failure or a
+/// best-available race.
+const HOLD_ATTEMPTS: u32 = 6;
+
+/// Connection settings for [`PgStore::connect`].
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct PgStore {
+    /// The primary: every write, and reads that must see the latest write.
+    pool: PgPool,
+    /// Replicas for search and catalog reads that may lag a little, used in
+    /// turn; the primary when none is configured.
+    replicas: Vec<PgPool>,
+    next_replica: AtomicUsize,
+}
+
+async fn pool(url: &str, s: &PgSettings) -> anyhow::Result<PgPool> {
+    let opts: PgConnectOptions = url.parse().with_context(|| "parsing a PostgreSQL URL")?;
+    let opts = opts.options([("statement_timeout", format!("{}", s.statement_timeout.as_millis()))]);
+    PgPoolOptions::new()
+        .max_connections(s.max_connections)
+        .acquire_timeout(s.acquire_timeout)
+        .connect_with(opts)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+impl PgStore {
+    /// Connects to the primary and any replicas, and migrates the primary.
+    pub async fn connect(primary: &str, replicas: &[String], s: &PgSettings) -> anyhow::Result<PgStore> {
+        let pool = pool(primary, s).await?;
+        migrate(&pool).await?;
+        let mut pools = Vec::with_capacity(replicas.len());
+        for url in replicas {
+            pools.push(self::pool(url, s).await.context("connecting to a read replica")?);
+        }
+        Ok(PgStore { pool, replicas: pools, next_replica: AtomicUsize::new(0) })
+    }
+
+    /// The pool for a lag-tolerant read.
+    fn replica(&self) -> &PgPool {
+        if self.replicas.is_empty() {
+            return &self.pool;
+        }
+        let i = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        &self.replicas[i % self.replicas.len()]
+    }
+}
+
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetch_one(&mut *tx).await?;
+    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > newest {
+        bail!("the database is at schema version {current}, newer than this binary's {newest}; upgrade boxoffice");
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await.with_context(|| format!("applying migration {version}"))?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(version)
+            .bind(chrono::Utc::now().timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, "applied PostgreSQL migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// PostgreSQL error codes this store acts on.
+fn db_code(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(d)) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Deadlocks and serialization failures: the transaction did nothing and
+/// may simply be run again.
+fn retryable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Retry>().is_some() || matches!(db_code(e).as_deref(), Some("40P01" | "40001"))
+}
+
+/// A best-available pick lost a seat to a concurrent hold between reading
+/// and taking; pick again.
+#[derive(Debug, thiserror::Error)]
+#[error("seats changed between pick and take")]
+struct Retry;
+
+fn classify(e: anyhow::Error) -> StoreError {
+    if let Some(se) = e.downcast_ref::<StoreError>() {
+        return match se {
+            StoreError::Conflict => StoreError::Conflict,
+            StoreError::Duplicate(s) => StoreError::Duplicate(s.clone()),
+            _ => StoreError::Internal(e),
+        };
+    }
+    if matches!(e.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))) {
+        return StoreError::Unavailable(e);
+    }
+    match db_code(&e).as_deref() {
+        Some("23505") => StoreError::Duplicate(format!("{e:#}")),
+        // statement timeout, too many connections, shutting down
+        Some("57014" | "53300" | "57P01" | "57P03") => StoreError::Unavailable(e),
+        _ => StoreError::Internal(e),
+    }
+}
+
+fn err<E: Into<anyhow::Error>>(e: E) -> StoreError {
+    classify(e.into())
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+const EVENT_COLUMNS: &str = "id, venue_id, city, title, category, starts_at, on_sale_at, currency, prices, \
+     max_tickets_per_customer, hold_ttl_seconds, waiting_room, high_demand, cancelled, created_at, updated_at, version";
+
+fn event_from_row(r: &PgRow) -> anyhow::Result<Event> {
+    let currency: String = r.try_get("currency")?;
+    Ok(Event {
+        id: EventId::from_trusted(r.try_get("id")?),
+        venue_id: VenueId::from_trusted(r.try_get("venue_id")?),
+        city: r.try_get("city")?,
+        title: r.try_get("title")?,
+        category: Category::from_trusted(r.try_get("category")?),
+        starts_at: Timestamp::from_millis(r.try_get("starts_at")?),
+        on_sale_at: Timestamp::from_millis(r.try_get("on_sale_at")?),
+        currency: Currency::parse(&currency).ok_or_else(|| anyhow!("bad stored currency {currency:?}"))?,
+        prices: decode_prices(r.try_get("prices")?)?,
+        max_tickets_per_customer: r.try_get::<i32, _>("max_tickets_per_customer")? as u32,
+        hold_ttl_seconds: r.try_get::<i32, _>("hold_ttl_seconds")? as u32,
+        waiting_room: decode_waiting_room(r.try_get::<Option<&str>, _>("waiting_room")?)?,
+        high_demand: r.try_get("high_demand")?,
+        cancelled: r.try_get("cancelled")?,
+        created_at: Timestamp::from_millis(r.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
+        version: r.try_get("version")?,
+    })
+}
+
+const HOLD_COLUMNS: &str =
+    "id, event_id, customer_id, status, seats, ga_area, ga_count, amount, currency, created_at, expires_at, version";
+
+fn hold_from_row(r: &PgRow) -> anyhow::Result<Hold> {
+    let status: String = r.try_get("status")?;
+    let currency: String = r.try_get("currency")?;
+    let ga_area: Option<String> = r.try_get("ga_area")?;
+    let ga_count: i32 = r.try_get("ga_count")?;
+    Ok(Hold {
+        id: HoldId::from_trusted(r.try_get("id")?),
+        event_id: EventId::from_trusted(r.try_get("event_id")?),
+        customer_id: CustomerId::from_trusted(r.try_get("customer_id")?),
+        status: HoldStatus::parse(&status).ok_or_else(|| anyhow!("bad stored hold status {status:?}"))?,
+        seats: decode_seats(r.try_get("seats")?)?,
+        ga: ga_area.map(|a| GaSelection { area: AreaId::from_trusted(a), count: ga_count as u32 }),
+        amount: r.try_get("amount")?,
+        currency: Currency::parse(&currency).ok_or_else(|| anyhow!("bad stored currency {currency:?}"))?,
+        created_at: Timestamp::from_millis(r.try_get("created_at")?),
+        expires_at: Timestamp::from_millis(r.try_get("expires_at")?),
+        version: r.try_get("version")?,
+    })
+}
+
+async fn load_event(tx: &mut Tx, id: &str) -> anyhow::Result<Option<Event>> {
+    let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+fn ids(seats: &[SeatId]) -> Vec<String> {
+    let mut v: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
+    // One lock order for every multi-seat update: no deadlock between two
+    // holds that overlap.
+    v.sort();
+    v
+}
+
+/// The conditional UPDATE that takes seats; all or nothing is decided by
+/// the caller from the rows returned.
+async fn take_seats(
+    tx: &mut Tx,
+    event_id: &str,
+    seats: &[SeatId],
+    hold_id: &str,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> anyhow::Result<Result<Vec<Category>, HoldRejection>> {
+    let wanted = ids(seats);
+    let taken: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE seats SET status = 'held', hold_id = $1, hold_expires_at = $2, version = version + 1 \
+         WHERE event_id = $3 AND seat_id = ANY($4) \
+           AND (status = 'available' OR (status = 'held' AND hold_expires_at <= $5)) \
+         RETURNING seat_id, category",
+    )
+    .bind(hold_id)
+    .bind(expires_at.as_millis())
+    .bind(event_id)
+    .bind(&wanted)
+    .bind(now.as_millis())
+    .fetch_all(&mut **tx)
+    .await?;
+    if taken.len() == seats.len() {
+        let by_id: BTreeMap<String, String> = taken.into_iter().collect();
+        return Ok(Ok(seats.iter().map(|s| Category::from_trusted(by_id[s.as_str()].clone())).collect()));
+    }
+    let known: HashSet<String> =
+        sqlx::query_scalar("SELECT seat_id FROM seats WHERE event_id = $1 AND seat_id = ANY($2)")
+            .bind(event_id)
+            .bind(&wanted)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
+    let unknown: Vec<String> = seats.iter().filter(|s| !known.contains(s.as_str())).map(|s| s.to_string()).collect();
+    if !unknown.is_empty() {
+        return Ok(Err(HoldRejection::InvalidSeats(unknown)));
+    }
+    let got: HashSet<&str> = taken.iter().map(|(s, _)| s.as_str()).collect();
+    Ok(Err(HoldRejection::Unavailable(
+        seats.iter().filter(|s| !got.contains(s.as_str())).map(|s| s.to_string()).collect(),
+    )))
+}
+
+/// Frees whatever of `seats` is still held by `hold_id`, and its GA places.
+async fn release_inventory(
+    tx: &mut Tx,
+    hold_id: &str,
+    event_id: &str,
+    seats: &[SeatId],
+    ga: Option<&GaSelection>,
+) -> anyhow::Result<Vec<SeatId>> {
+    let freed: Vec<String> = sqlx::query_scalar(
+        "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
+         WHERE event_id = $2 AND seat_id = ANY($3) AND hold_id = $1 AND status = 'held' RETURNING seat_id",
+    )
+    .bind(hold_id)
+    .bind(event_id)
+    .bind(ids(seats))
+    .fetch_all(&mut **tx)
+    .await?;
+    if let Some(g) = ga {
+        sqlx::query("UPDATE ga_inventory SET held = held - $3 WHERE event_id = $1 AND area_id = $2")
+            .bind(event_id)
+            .bind(g.area.as_str())
+            .bind(g.count as i32)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(freed.into_iter().map(SeatId::from_trusted).collect())
+}
+
+/// Ends the given holds if they are still `held` and lapsed; each is ended
+/// by exactly one caller (the `status = 'held'` guard re-checks after any
+/// concurrent change).
+async fn expire(tx: &mut Tx, rows: Vec<PgRow>) -> anyhow::Result<Vec<ExpiredHold>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let h = hold_from_row(&r)?;
+        let freed = release_inventory(tx, h.id.as_str(), h.event_id.as_str(), &h.seats, h.ga.as_ref()).await?;
+        out.push(ExpiredHold { id: h.id, event_id: h.event_id, seats: h.seats, freed, ga: h.ga });
+    }
+    Ok(out)
+}
+
+async fn take_ga(
+    tx: &mut Tx,
+    event_id: &str,
+    area: &AreaId,
+    count: u32,
+    now: Timestamp,
+) -> anyhow::Result<Result<Category, HoldRejection>> {
+    // Lazy expiry for GA: hand this area's lapsed holds back first.
+    let lapsed = sqlx::query(&format!(
+        "UPDATE holds SET status = 'expired', version = version + 1 \
+         WHERE event_id = $1 AND ga_area = $2 AND status = 'held' AND expires_at <= $3 RETURNING {HOLD_COLUMNS}"
+    ))
+    .bind(event_id)
+    .bind(area.as_str())
+    .bind(now.as_millis())
+    .fetch_all(&mut **tx)
+    .await?;
+    expire(tx, lapsed).await?;
+    let category: Option<String> = sqlx::query_scalar(
+        "UPDATE ga_inventory SET held = held + $3 \
+         WHERE event_id = $1 AND area_id = $2 AND held + sold + $3 <= capacity RETURNING category",
+    )
+    .bind(event_id)
+    .bind(area.as_str())
+    .bind(count as i32)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(c) = category {
+        return Ok(Ok(Category::from_trusted(c)));
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ga_inventory WHERE event_id = $1 AND area_id = $2)")
+            .bind(event_id)
+            .bind(area.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(Err(if exists {
+        HoldRejection::Unavailable(vec![area.to_string()])
+    } else {
+        HoldRejection::InvalidSeats(vec![area.to_string()])
+    }))
+}
+
+async fn free_seats(
+    tx: &mut Tx,
+    event_id: &str,
+    category: Option<&Category>,
+    now: Timestamp,
+) -> anyhow::Result<Vec<FreeSeat>> {
+    let rows = sqlx::query(
+        "SELECT seat_id, section, row_label, number, category, x, y FROM seats \
+         WHERE event_id = $1 AND ($2::text IS NULL OR category = $2) \
+           AND (status = 'available' OR (status = 'held' AND hold_expires_at <= $3)) \
+         ORDER BY y, x LIMIT $4",
+    )
+    .bind(event_id)
+    .bind(category.map(Category::as_str))
+    .bind(now.as_millis())
+    .bind(BEST_AVAILABLE_CANDIDATES)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(FreeSeat {
+                id: SeatId::from_trusted(r.try_get("seat_id")?),
+                section: r.try_get("section")?,
+                row: r.try_get("row_label")?,
+                number: r.try_get::<i32, _>("number")? as u32,
+                category: Category::from_trusted(r.try_get("category")?),
+                x: r.try_get("x")?,
+                y: r.try_get("y")?,
+            })
+        })
+        .collect()
+}
+
+/// One attempt at a hold. `Ok(Err(_))` is a refusal (nothing written);
+/// a [`Retry`] or deadlock error means "run it again".
+async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
+    let mut tx = pool.begin().await?;
+    let Some(event) = load_event(&mut tx, p.event_id.as_str()).await? else {
+        return Ok(Err(HoldRejection::EventNotFound));
+    };
+    if let Err(n) = event.check_on_sale(p.now) {
+        return Ok(Err(HoldRejection::NotOnSale(n.0)));
+    }
+    let buyer = p.customer.email.as_str();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("limit|{buyer}|{}", p.event_id))
+        .execute(&mut *tx)
+        .await?;
+    let already: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(quantity), 0)::bigint FROM holds \
+         WHERE buyer = $1 AND event_id = $2 AND status IN ('held', 'checkout') \
+           AND (status = 'checkout' OR expires_at > $3)",
+    )
+    .bind(buyer)
+    .bind(p.event_id.as_str())
+    .bind(p.now.as_millis())
+    .fetch_one(&mut *tx)
+    .await?;
+    let requested = p.selection.quantity();
+    if let Err(e) =
+        check_purchase_limit(u32::try_from(already).unwrap_or(u32::MAX), requested, event.max_tickets_per_customer)
+    {
+        return Ok(Err(HoldRejection::LimitExceeded(e)));
+    }
+
+    let expires_at = p.now.plus_secs(event.hold_ttl_seconds);
+    let (seats, ga, categories) = match &p.selection {
+        Selection::Seats(seats) => {
+            match take_seats(&mut tx, p.event_id.as_str(), seats, p.hold_id.as_str(), expires_at, p.now).await? {
+                Ok(cats) => (seats.clone(), None, cats),
+                Err(r) => return Ok(Err(r)),
+            }
+        }
+        Selection::BestAvailable { count, category } => {
+            let order = match category {
+                Some(c) if event.prices.contains_key(c) => vec![c.clone()],
+                Some(c) => return Ok(Err(HoldRejection::InvalidSeats(vec![c.to_string()]))),
+                None => event.categories_best_first(),
+            };
+            // Best-available picks for one event take turns, so two picks
+            // do not keep choosing the same block.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("best|{}", p.event_id))
+                .execute(&mut *tx)
+                .await?;
+            let free = free_seats(&mut tx, p.event_id.as_str(), category.as_ref(), p.now).await?;
+            let Some(picked) = pick_best(&free, *count as usize, &order) else {
+                return Ok(Err(HoldRejection::Unavailable(vec![])));
+            };
+            match take_seats(&mut tx, p.event_id.as_str(), &picked, p.hold_id.as_str(), expires_at, p.now).await? {
+                Ok(cats) => (picked, None, cats),
+                // An explicit-seat hold took one of them in between.
+                Err(_) => return Err(Retry.into()),
+            }
+        }
+        Selection::Ga { area, count } => match take_ga(&mut tx, p.event_id.as_str(), area, *count, p.now).await? {
+            Ok(cat) => (vec![], Some(GaSelection { area: area.clone(), count: *count }), vec![cat; *count as usize]),
+            Err(r) => return Ok(Err(r)),
+        },
+    };
+    let amount = event
+        .amount_for(&categories)
+        .ok_or_else(|| anyhow!("event {} cannot price categories {categories:?}", event.id))?;
+    let hold = Hold {
+        id: p.hold_id.clone(),
+        event_id: p.event_id.clone(),
+        customer_id: p.customer.id.clone(),
+        status: HoldStatus::Held,
+        seats,
+        ga,
+        amount,
+        currency: event.currency,
+        created_at: p.now,
+        expires_at,
+        version: 1,
+    };
+    sqlx::query(
+        "INSERT INTO holds (id, event_id, customer_id, buyer, status, seats, ga_area, ga_count, quantity, \
+                            amount, currency, created_at, expires_at, version) \
+         VALUES ($1, $2, $3, $4, 'held', $5, $6, $7, $8, $9, $10, $11, $12, 1)",
+    )
+    .bind(hold.id.as_str())
+    .bind(hold.event_id.as_str())
+    .bind(hold.customer_id.as_str())
+    .bind(buyer)
+    .bind(encode_seats(&hold.seats))
+    .bind(hold.ga.as_ref().map(|g| g.area.as_str()))
+    .bind(hold.ga.as_ref().map_or(0, |g| g.count as i32))
+    .bind(hold.quantity() as i32)
+    .bind(hold.amount)
+    .bind(hold.currency.as_str())
+    .bind(hold.created_at.as_millis())
+    .bind(hold.expires_at.as_millis())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(hold))
+}
+
+struct GaRow {
+    id: AreaId,
+    name: String,
+    category: Category,
+    capacity: u32,
+    available: u32,
+    sold: u32,
+}
+
+/// GA areas with lapsed-but-unswept holds counted as available.
+async fn ga_states(pool: &PgPool, event_id: &str, now: Timestamp) -> anyhow::Result<Vec<GaRow>> {
+    let rows = sqlx::query(
+        "SELECT g.area_id, g.name, g.category, g.capacity, g.held, g.sold, \
+                COALESCE((SELECT SUM(h.ga_count) FROM holds h \
+                          WHERE h.event_id = g.event_id AND h.ga_area = g.area_id \
+                            AND h.status = 'held' AND h.expires_at <= $2), 0)::int AS lapsed \
+         FROM ga_inventory g WHERE g.event_id = $1 ORDER BY g.area_id",
+    )
+    .bind(event_id)
+    .bind(now.as_millis())
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let cap = r.try_get::<i32, _>("capacity")? as u32;
+            let held = r.try_get::<i32, _>("held")? as u32;
+            let sold = r.try_get::<i32, _>("sold")? as u32;
+            let lapsed = r.try_get::<i32, _>("lapsed")? as u32;
+            Ok(GaRow {
+                id: AreaId::from_trusted(r.try_get("area_id")?),
+                name: r.try_get("name")?,
+                category: Category::from_trusted(r.try_get("category")?),
+                capacity: cap,
+                available: cap.saturating_sub(held.saturating_sub(lapsed)).saturating_sub(sold),
+                sold,
+            })
+        })
+        .collect()
+}
+
+async fn event_exists(pool: &PgPool, id: &str) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)").bind(id).fetch_one(pool).await?)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(err)
+    }
+
+    async fn create_session(&self, s: NewSession) -> StoreResult<()> {
+        async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("INSERT INTO customers (id, email, created_at) VALUES ($1, $2, $3)")
+                .bind(s.customer.id.as_str())
+                .bind(s.customer.email.as_str())
+                .bind(s.created_at.as_millis())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO sessions (token_hash, customer_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&s.token_hash.0[..])
+            .bind(s.customer.id.as_str())
+            .bind(s.created_at.as_millis())
+            .bind(s.expires_at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        }
+        .await
+        .map_err(classify)
+    }
+
+    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<Customer>> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT c.id, c.email FROM sessions s JOIN customers c ON c.id = s.customer_id \
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(&token.0[..])
+        .bind(now.as_millis())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(row.map(|(id, email)| Customer { id: CustomerId::from_trusted(id), email: Email::from_trusted(email) }))
+    }
+
+    async fn insert_venue(&self, v: &Venue, now: Timestamp) -> StoreResult<()> {
+        let doc = serde_json::to_string(v).context("encoding venue")?;
+        sqlx::query("INSERT INTO venues (id, name, city, doc, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(v.id.as_str())
+            .bind(&v.name)
+            .bind(&v.city)
+            .bind(doc)
+            .bind(now.as_millis())
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    async fn venue(&self, id: &VenueId) -> StoreResult<Option<Venue>> {
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM venues WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.replica())
+            .await
+            .map_err(err)?;
+        doc.map(|d| serde_json::from_str::<Venue>(&d).context("decoding stored venue")).transpose().map_err(err)
+    }
+
+    async fn insert_event(&self, e: &Event, venue: &Venue) -> StoreResult<()> {
+        async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            ))
+            .bind(e.id.as_str())
+            .bind(e.venue_id.as_str())
+            .bind(&e.city)
+            .bind(&e.title)
+            .bind(e.category.as_str())
+            .bind(e.starts_at.as_millis())
+            .bind(e.on_sale_at.as_millis())
+            .bind(e.currency.as_str())
+            .bind(encode_prices(&e.prices))
+            .bind(e.max_tickets_per_customer as i32)
+            .bind(e.hold_ttl_seconds as i32)
+            .bind(encode_waiting_room(&e.waiting_room))
+            .bind(e.high_demand)
+            .bind(e.cancelled)
+            .bind(e.created_at.as_millis())
+            .bind(e.updated_at.as_millis())
+            .bind(e.version)
+            .execute(&mut *tx)
+            .await?;
+            let seats: Vec<_> = venue.seats().collect();
+            for chunk in seats.chunks(10_000) {
+                sqlx::query(
+                    "INSERT INTO seats (event_id, seat_id, section, row_label, number, category, x, y) \
+                     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::text[], \
+                                              $7::float8[], $8::float8[])",
+                )
+                .bind(e.id.as_str())
+                .bind(chunk.iter().map(|(_, s)| s.id.to_string()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(sec, _)| sec.name.clone()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(_, s)| s.row.clone()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(_, s)| s.number as i32).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(_, s)| s.category.to_string()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(_, s)| s.x).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|(_, s)| s.y).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for a in &venue.ga_areas {
+                sqlx::query(
+                    "INSERT INTO ga_inventory (event_id, area_id, name, category, capacity) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(e.id.as_str())
+                .bind(a.id.as_str())
+                .bind(&a.name)
+                .bind(a.category.as_str())
+                .bind(a.capacity as i32)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            anyhow::Ok(())
+        }
+        .await
+        .map_err(classify)
+    }
+
+    async fn event(&self, id: &EventId) -> StoreResult<Option<Event>> {
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(event_from_row).transpose().map_err(err)
+    }
+
+    async fn update_event(&self, e: &Event) -> StoreResult<()> {
+        let n = sqlx::query(
+            "UPDATE events SET title = $2, prices = $3, max_tickets_per_customer = $4, hold_ttl_seconds = $5, \
+             waiting_room = $6, high_demand = $7, cancelled = $8, updated_at = $9, version = $10 \
+             WHERE id = $1 AND version = $10 - 1",
+        )
+        .bind(e.id.as_str())
+        .bind(&e.title)
+        .bind(encode_prices(&e.prices))
+        .bind(e.max_tickets_per_customer as i32)
+        .bind(e.hold_ttl_seconds as i32)
+        .bind(encode_waiting_room(&e.waiting_room))
+        .bind(e.high_demand)
+        .bind(e.cancelled)
+        .bind(e.updated_at.as_millis())
+        .bind(e.version)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn search_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>> {
+        let like = q.text.as_ref().map(|t| {
+            let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let (after_ts, after_id) = match &q.after {
+            Some((t, id)) => (Some(t.as_millis()), Some(id.to_string())),
+            None => (None, None),
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE NOT cancelled \
+               AND ($1::text IS NULL OR lower(city) = lower($1)) \
+               AND ($2::text IS NULL OR title ILIKE $2 ESCAPE '\\') \
+               AND ($3::text IS NULL OR category = $3) \
+               AND ($4::bigint IS NULL OR starts_at >= $4) \
+               AND ($5::bigint IS NULL OR starts_at < $5) \
+               AND ($6::bigint IS NULL OR (starts_at, id) > ($6, $7::text)) \
+             ORDER BY starts_at, id LIMIT $8"
+        ))
+        .bind(q.city.as_deref())
+        .bind(like)
+        .bind(q.category.as_ref().map(Category::as_str))
+        .bind(q.from.map(Timestamp::as_millis))
+        .bind(q.to.map(Timestamp::as_millis))
+        .bind(after_ts)
+        .bind(after_id)
+        .bind(i64::from(q.limit))
+        .fetch_all(self.replica())
+        .await
+        .map_err(err)?;
+        rows.iter().map(event_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Availability>> {
+        async {
+            if !event_exists(&self.pool, id.as_str()).await? {
+                return Ok(None);
+            }
+            let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+                "SELECT category, COUNT(*), \
+                        COUNT(*) FILTER (WHERE status = 'sold'), \
+                        COUNT(*) FILTER (WHERE status = 'checkout' OR (status = 'held' AND hold_expires_at > $2)) \
+                 FROM seats WHERE event_id = $1 GROUP BY category",
+            )
+            .bind(id.as_str())
+            .bind(now.as_millis())
+            .fetch_all(&self.pool)
+            .await?;
+            let mut by: BTreeMap<Category, Counts> = BTreeMap::new();
+            for (cat, total, sold, held) in rows {
+                let (total, sold, held) = (total as u64, sold as u64, held as u64);
+                let e = by.entry(Category::from_trusted(cat)).or_default();
+                e.total += total;
+                e.sold += sold;
+                e.held += held;
+                e.available += total.saturating_sub(sold + held);
+            }
+            for a in ga_states(&self.pool, id.as_str(), now).await? {
+                let e = by.entry(a.category.clone()).or_default();
+                e.total += u64::from(a.capacity);
+                e.available += u64::from(a.available);
+                e.sold += u64::from(a.sold);
+                e.held += u64::from(a.capacity.saturating_sub(a.available).saturating_sub(a.sold));
+            }
+            Ok(Some(Availability::from_categories(by)))
+        }
+        .await
+        .map_err(classify)
+    }
+
+    async fn seat_map_state(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<SeatMapState>> {
+        async {
+            if !event_exists(&self.pool, id.as_str()).await? {
+                return Ok(None);
+            }
+            let rows: Vec<(String, String, i32)> = sqlx::query_as(
+                "SELECT seat_id, category, \
+                    CASE WHEN status = 'sold' THEN 2 \
+                         WHEN status = 'checkout' OR (status = 'held' AND hold_expires_at > $2) THEN 1 \
+                         ELSE 0 END \
+                 FROM seats WHERE event_id = $1 ORDER BY section, y, x",
+            )
+            .bind(id.as_str())
+            .bind(now.as_millis())
+            .fetch_all(&self.pool)
+            .await?;
+            let seats = rows
+                .into_iter()
+                .map(|(s, c, st)| SeatState {
+                    id: SeatId::from_trusted(s),
+                    category: Category::from_trusted(c),
+                    status: match st {
+                        2 => SeatStatus::Sold,
+                        1 => SeatStatus::Held,
+                        _ => SeatStatus::Available,
+                    },
+                })
+                .collect();
+            let ga_areas = ga_states(&self.pool, id.as_str(), now)
+                .await?
+                .into_iter()
+                .map(|a| GaState {
+                    id: a.id,
+                    name: a.name,
+                    category: a.category,
+                    capacity: a.capacity,
+                    available: a.available,
+                })
+                .collect();
+            Ok(Some(SeatMapState { seats, ga_areas }))
+        }
+        .await
+        .map_err(classify)
+    }
+
+    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match try_place_hold(&self.pool, &p).await {
+                Err(e) if retryable(&e) && attempt < HOLD_ATTEMPTS => {
+                    metrics::counter!("boxoffice_postgres_hold_retries_total").increment(1);
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(1..=5u64) * u64::from(attempt))).await;
+                }
+                // A pick that kept losing its seats: report no block free
+                // rather than an error; the fan can simply try again.
+                Err(e) if e.downcast_ref::<Retry>().is_some() => return Ok(Err(HoldRejection::Unavailable(vec![]))),
+                other => return other.map_err(classify),
+            }
+        }
+    }
+
+    async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>> {
+        let row = sqlx::query(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(hold_from_row).transpose().map_err(err)
+    }
+
+    async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome> {
+        async {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1 FOR UPDATE"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(hold) = row.as_ref().map(hold_from_row).transpose()?.filter(|h| &h.customer_id == customer) else {
+                return Ok(ReleaseOutcome::NotFound);
+            };
+            let outcome = match hold.effective_status(now) {
+                HoldStatus::Checkout => ReleaseOutcome::InCheckout(hold),
+                HoldStatus::Released => ReleaseOutcome::AlreadyEnded(hold),
+                status @ (HoldStatus::Held | HoldStatus::Expired) => {
+                    let new = if status == HoldStatus::Held { "released" } else { "expired" };
+                    sqlx::query(
+                        "UPDATE holds SET status = $2, version = version + 1 WHERE id = $1 AND status = 'held'",
+                    )
+                    .bind(id.as_str())
+                    .bind(new)
+                    .execute(&mut *tx)
+                    .await?;
+                    release_inventory(&mut tx, id.as_str(), hold.event_id.as_str(), &hold.seats, hold.ga.as_ref())
+                        .await?;
+                    let ended =
+                        Hold { status: HoldStatus::parse(new).unwrap_or(status), version: hold.version + 1, ..hold };
+                    if status == HoldStatus::Held {
+                        ReleaseOutcome::Released(ended)
+                    } else {
+                        ReleaseOutcome::AlreadyEnded(ended)
+                    }
+                }
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        }
+        .await
+        .map_err(classify)
+    }
+
+    async fn expire_holds(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<ExpiredHold>> {
+        async {
+            let mut tx = self.pool.begin().await?;
+            // SKIP LOCKED: sweepers on several nodes split the work.
+            let rows = sqlx::query(&format!(
+                "WITH due AS (SELECT id FROM holds WHERE status = 'held' AND expires_at <= $1 \
+                              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE holds h SET status = 'expired', version = h.version + 1 FROM due \
+                 WHERE h.id = due.id AND h.status = 'held' RETURNING {}",
+                HOLD_COLUMNS.split(", ").map(|c| format!("h.{c}")).collect::<Vec<_>>().join(", ")
+            ))
+            .bind(now.as_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            let out = expire(&mut tx, rows).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await
+        .map_err(classify)
+    }
+}
