@@ -14,7 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::accelerators::InProcessSeatLocks;
+use crate::accelerators::{InProcessSeatLocks, RedisSeatLocks, SeatLocks};
 use crate::api::{self, AppState, HttpLimits};
 use crate::booking::BookingService;
 use crate::config::{Config, Database};
@@ -76,7 +76,15 @@ impl Application {
         store: DynStore,
         extra: Router<AppState>,
     ) -> anyhow::Result<Self> {
-        let booking = BookingService::new(store, Arc::new(InProcessSeatLocks::new()), clock);
+        let locks: Arc<dyn SeatLocks> = match config.redis_urls().as_slice() {
+            [] => Arc::new(InProcessSeatLocks::new()),
+            urls => Arc::new(
+                RedisSeatLocks::connect(urls, &config.redis_prefix, Duration::from_millis(config.redis_retry_after_ms))
+                    .await
+                    .context("connecting to Redis (BOXOFFICE_REDIS_URL)")?,
+            ),
+        };
+        let booking = BookingService::new(store, locks, clock);
         let state = AppState::new(
             booking,
             admin_token,

@@ -30,6 +30,14 @@ pub struct Config {
     /// `BOXOFFICE_DATABASE_STATEMENT_TIMEOUT_MS`: PostgreSQL's
     /// `statement_timeout`, and the pool's acquire timeout.
     pub database_statement_timeout_ms: u64,
+    /// `BOXOFFICE_REDIS_URL`: Redis for the seat-lock fast path; several
+    /// comma-separated URLs mean a Redis Cluster. Unset: in-process locks.
+    pub redis_url: Option<String>,
+    /// `BOXOFFICE_REDIS_PREFIX`: namespace for every key boxoffice writes.
+    pub redis_prefix: String,
+    /// `BOXOFFICE_REDIS_RETRY_AFTER_MS`: after a Redis failure, how long
+    /// holds skip Redis (going to the database alone) before trying again.
+    pub redis_retry_after_ms: u64,
     /// `BOXOFFICE_ADMIN_TOKEN`: bearer token for admin endpoints. When
     /// unset, `serve` and `demo` generate one and print it once.
     #[serde(skip_serializing)]
@@ -57,6 +65,9 @@ impl Default for Config {
             database_read_url: None,
             database_max_connections: 16,
             database_statement_timeout_ms: 5_000,
+            redis_url: None,
+            redis_prefix: "boxoffice:".into(),
+            redis_retry_after_ms: 1_000,
             admin_token: None,
             sqlite_synchronous: Synchronous::Auto,
             sweep_interval_seconds: 5,
@@ -76,6 +87,18 @@ pub enum Database {
 }
 
 impl Config {
+    /// The Redis URLs, if any are configured.
+    pub fn redis_urls(&self) -> Vec<String> {
+        self.redis_url
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Loads defaults, then `file` (if given, it must exist; otherwise
     /// `./boxoffice.toml` if present), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {

@@ -4,8 +4,10 @@
 //! Embedded implementations live in-process. Scale-out (Redis) versions
 //! implement the same traits.
 
+pub mod redis_locks;
 pub mod seat_feed;
 pub mod seat_locks;
 
+pub use redis_locks::RedisSeatLocks;
 pub use seat_feed::{GaChange, SeatChange, SeatFeed};
-pub use seat_locks::{InProcessSeatLocks, LockOutcome, SeatLocks};
+pub use seat_locks::{InProcessSeatLocks, LockOutcome, LockStatus, SeatLocks};

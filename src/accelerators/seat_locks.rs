@@ -45,10 +45,43 @@ pub trait SeatLocks: Send + Sync + 'static {
 
     /// Sets the locks to `owner` until `until`, whoever had them. Used once
     /// the database has granted the seats to `owner`.
-    async fn set(&self, event: &EventId, seats: &[SeatId], owner: &HoldId, until: Timestamp) -> anyhow::Result<()>;
+    async fn set(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+        owner: &HoldId,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> anyhow::Result<()>;
 
     /// Compare-and-delete: removes only the locks `owner` still has.
     async fn release(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) -> anyhow::Result<()>;
+
+    /// Whether the fast path is working, for `/readyz`.
+    fn status(&self) -> LockStatus {
+        LockStatus::InProcess
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockStatus {
+    /// In-process locks: always available.
+    InProcess,
+    /// A shared lock service (Redis) that answers.
+    Ok,
+    /// The shared lock service failed recently; holds go straight to the
+    /// database, slower but just as correct.
+    Degraded,
+}
+
+impl LockStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockStatus::InProcess => "in_process",
+            LockStatus::Ok => "ok",
+            LockStatus::Degraded => "degraded",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -115,7 +148,14 @@ impl SeatLocks for InProcessSeatLocks {
         Ok(LockOutcome::Acquired)
     }
 
-    async fn set(&self, event: &EventId, seats: &[SeatId], owner: &HoldId, until: Timestamp) -> anyhow::Result<()> {
+    async fn set(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+        owner: &HoldId,
+        until: Timestamp,
+        _now: Timestamp,
+    ) -> anyhow::Result<()> {
         let locks = self.event(event);
         let mut map = locks.lock();
         for s in seats {

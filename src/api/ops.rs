@@ -16,7 +16,9 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready to take traffic: the database answers within a second.
+/// Ready to take traffic: the database answers within a second. The
+/// seat-lock fast path is reported (`in_process`, `ok`, `degraded`) but a
+/// degraded one does not make the node unready.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let db = tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await;
@@ -27,7 +29,12 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
-        "checks": {"database": {"backend": state.store.backend(), "status": db_state}},
+        "checks": {
+            "database": {"backend": state.store.backend(), "status": db_state},
+            // Degraded locks do not make the node unready: it still sells,
+            // from the database alone.
+            "seat_locks": {"status": state.booking.locks().status().as_str()},
+        },
     });
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CACHE_CONTROL, "no-store")], Json(body))

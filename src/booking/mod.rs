@@ -41,11 +41,12 @@ pub struct BookingService {
     locks: Arc<dyn SeatLocks>,
     feed: Arc<SeatFeed>,
     clock: Arc<dyn Clock>,
+    store_attempts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BookingService {
     pub fn new(store: DynStore, locks: Arc<dyn SeatLocks>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, locks, feed: Arc::new(SeatFeed::new()), clock }
+        Self { store, locks, feed: Arc::new(SeatFeed::new()), clock, store_attempts: Default::default() }
     }
 
     /// Live seat changes, for the seat-map stream.
@@ -59,6 +60,16 @@ impl BookingService {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    pub fn locks(&self) -> &Arc<dyn SeatLocks> {
+        &self.locks
+    }
+
+    /// How many hold requests reached the store (the rest were answered by
+    /// the fast path). Per service instance, for tests and benchmarks.
+    pub fn store_hold_attempts(&self) -> u64 {
+        self.store_attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(event.id = %event_id, customer.id = %customer.id))]
@@ -100,6 +111,7 @@ impl BookingService {
             selection,
             now,
         };
+        self.store_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = self.store.place_hold(placement).await;
 
         match &result {
@@ -114,7 +126,7 @@ impl BookingService {
                     },
                 );
                 if !hold.seats.is_empty() {
-                    if let Err(e) = self.locks.set(event_id, &hold.seats, &hold.id, hold.expires_at).await {
+                    if let Err(e) = self.locks.set(event_id, &hold.seats, &hold.id, hold.expires_at, now).await {
                         tracing::warn!(error = %e, "could not record a placed hold in the fast path");
                     }
                 }

@@ -13,6 +13,8 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::redis_support::RedisPrefix;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct TestApp {
@@ -25,6 +27,16 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
     /// Dropped after the server stops: removes a PostgreSQL test database.
     _database: Option<TestDatabase>,
+    /// Removes this test's Redis keys.
+    _redis_keys: Option<RedisPrefix>,
+}
+
+/// What a test app runs on.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub backend: Backend,
+    /// Redis for the seat-lock fast path; in-process locks when `None`.
+    pub redis_url: Option<String>,
 }
 
 /// Which store a test app runs on.
@@ -106,8 +118,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_on(backend: Backend) -> TestApp {
+    spawn_app_with(Setup { backend, redis_url: None }).await
+}
+
+pub async fn spawn_app_with(setup: Setup) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database = match backend {
+    let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
+    let database = match setup.backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(TestDatabase::create().await),
     };
@@ -116,6 +133,10 @@ pub async fn spawn_app_on(backend: Backend) -> TestApp {
         data_dir: dir.path().to_owned(),
         database_url: database.as_ref().map(|d| d.url.clone()),
         database_max_connections: 32,
+        redis_url: setup.redis_url.clone(),
+        redis_prefix: redis_keys.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        // Tests never wait out a degraded window: every call retries Redis.
+        redis_retry_after_ms: 1,
         sqlite_synchronous: boxoffice::store::sqlite::Synchronous::Normal,
         ..Config::default()
     };
@@ -130,7 +151,17 @@ pub async fn spawn_app_on(backend: Backend) -> TestApp {
         let _ = stopped.await;
     }));
     let client = Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(1100).build().unwrap();
-    TestApp { base, client, clock, state, stop: Some(stop), server: Some(server), _dir: dir, _database: database }
+    TestApp {
+        base,
+        client,
+        clock,
+        state,
+        stop: Some(stop),
+        server: Some(server),
+        _dir: dir,
+        _database: database,
+        _redis_keys: redis_keys,
+    }
 }
 
 impl Drop for TestApp {

@@ -7,3 +7,6 @@ mod catalog;
 mod expiry;
 mod helpers;
 mod races;
+mod redis;
+#[path = "../common/redis.rs"]
+mod redis_support;

@@ -1,0 +1,204 @@
+//! The scale-out seat-lock fast path on Redis (standalone or Cluster).
+//!
+//! Each seat of an event is one key, `<prefix>{<event_id>}:seat:<seat_id>`,
+//! whose value is the id of the hold that has it. The `{event_id}` hash tag
+//! puts every key of an event in one Cluster slot, so multi-seat scripts
+//! work there too.
+//!
+//! * `try_lock` is a Lua script: if any seat has another owner it returns
+//!   their positions and writes nothing; otherwise it `SET … PX`s them all.
+//! * `release` is compare-and-delete: only keys still holding our id go.
+//!
+//! Redis is an accelerator: any error or a call slower than
+//! [`CALL_TIMEOUT`] marks it degraded for [`DEGRADED_FOR`], during which
+//! calls fail fast and the booking service goes straight to the database.
+//! The next call after that window tries Redis again, so it comes back on
+//! its own after an outage.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisResult, Script, Value};
+
+use super::seat_locks::{LockOutcome, LockStatus, SeatLocks};
+use crate::domain::ids::{EventId, HoldId, SeatId};
+use crate::domain::time::Timestamp;
+
+/// The longest a lock call may take before Redis counts as degraded.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+const TRY_LOCK: &str = r"
+local taken = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner and owner ~= ARGV[1] then taken[#taken + 1] = i end
+end
+if #taken > 0 then return taken end
+for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
+return taken
+";
+
+const SET: &str = r"
+for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
+return 0
+";
+
+const RELEASE: &str = r"
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+";
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+pub struct RedisSeatLocks {
+    conn: Conn,
+    prefix: String,
+    try_lock: Script,
+    set: Script,
+    release: Script,
+    /// Wall-clock milliseconds until which Redis is skipped.
+    degraded_until: AtomicI64,
+    degraded_for: Duration,
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl RedisSeatLocks {
+    /// Connects to one Redis (`redis://…`) or, with several URLs, to a
+    /// Redis Cluster. `prefix` namespaces every key (tests use their own).
+    /// After a failure Redis is skipped for `degraded_for`.
+    pub async fn connect(urls: &[String], prefix: &str, degraded_for: Duration) -> anyhow::Result<RedisSeatLocks> {
+        let conn = match urls {
+            [] => anyhow::bail!("no Redis URL"),
+            [one] => {
+                let client = redis::Client::open(one.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(CALL_TIMEOUT)
+                    .set_response_timeout(CALL_TIMEOUT)
+                    .set_number_of_retries(1);
+                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            many => {
+                let client = redis::cluster::ClusterClientBuilder::new(many.to_vec())
+                    .connection_timeout(CALL_TIMEOUT)
+                    .response_timeout(CALL_TIMEOUT)
+                    .build()?;
+                Conn::Cluster(client.get_async_connection().await?)
+            }
+        };
+        Ok(RedisSeatLocks {
+            conn,
+            prefix: prefix.to_owned(),
+            try_lock: Script::new(TRY_LOCK),
+            set: Script::new(SET),
+            release: Script::new(RELEASE),
+            degraded_until: AtomicI64::new(0),
+            degraded_for,
+        })
+    }
+
+    fn key(&self, event: &EventId, seat: &SeatId) -> String {
+        format!("{}{{{event}}}:seat:{seat}", self.prefix)
+    }
+
+    async fn run(&self, script: &Script, keys: Vec<String>, owner: &str, ttl_ms: i64) -> anyhow::Result<Value> {
+        if wall_ms() < self.degraded_until.load(Ordering::Relaxed) {
+            anyhow::bail!("Redis is degraded; skipping it for now");
+        }
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(owner).arg(ttl_ms.max(1));
+        let call = async {
+            let r: RedisResult<Value> = match self.conn.clone() {
+                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+            };
+            r
+        };
+        let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(anyhow::Error::new(e)),
+            Err(_) => Err(anyhow::anyhow!("Redis did not answer within {CALL_TIMEOUT:?}")),
+        };
+        match &outcome {
+            Ok(_) => {
+                if self.degraded_until.swap(0, Ordering::Relaxed) != 0 {
+                    tracing::info!("Redis answers again; the seat-lock fast path is back");
+                }
+                metrics::gauge!("boxoffice_redis_degraded").set(0.0);
+            }
+            Err(e) => {
+                let until = wall_ms() + (self.degraded_for.as_millis() as i64).max(1);
+                if self.degraded_until.swap(until, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "Redis failed; selling from the database alone until it answers");
+                }
+                metrics::gauge!("boxoffice_redis_degraded").set(1.0);
+                metrics::counter!("boxoffice_redis_errors_total").increment(1);
+            }
+        }
+        outcome
+    }
+}
+
+#[async_trait]
+impl SeatLocks for RedisSeatLocks {
+    async fn try_lock(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+        owner: &HoldId,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> anyhow::Result<LockOutcome> {
+        let keys = seats.iter().map(|s| self.key(event, s)).collect();
+        let ttl = until.as_millis() - now.as_millis();
+        let v = self.run(&self.try_lock, keys, owner.as_str(), ttl).await?;
+        let taken: Vec<i64> = redis::from_redis_value(&v)?;
+        if taken.is_empty() {
+            return Ok(LockOutcome::Acquired);
+        }
+        Ok(LockOutcome::Conflict(
+            taken.into_iter().filter_map(|i| seats.get(usize::try_from(i - 1).ok()?).cloned()).collect(),
+        ))
+    }
+
+    async fn set(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+        owner: &HoldId,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        let keys = seats.iter().map(|s| self.key(event, s)).collect();
+        let ttl = until.as_millis() - now.as_millis();
+        self.run(&self.set, keys, owner.as_str(), ttl).await.map(|_| ())
+    }
+
+    async fn release(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) -> anyhow::Result<()> {
+        let keys = seats.iter().map(|s| self.key(event, s)).collect();
+        self.run(&self.release, keys, owner.as_str(), 1).await.map(|_| ())
+    }
+
+    fn status(&self) -> LockStatus {
+        if self.degraded_until.load(Ordering::Relaxed) != 0 {
+            LockStatus::Degraded
+        } else {
+            LockStatus::Ok
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The Redis seat-lock fast path in front of PostgreSQL, over HTTP: it
+//! absorbs the stampede, and losing it never costs correctness.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::helpers::{spawn_app_with, Backend, Setup, TestApp};
+use crate::redis_support::{redis_url, OwnRedis};
+
+/// `n` fans race for one seat; returns how many got it.
+async fn race_for_a7(app: &Arc<TestApp>, event: &str, n: usize) -> usize {
+    let tokens = app.customers(n).await;
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
+            let (app, barrier, event) = (app.clone(), barrier.clone(), event.to_owned());
+            tokio::spawn(async move {
+                app.get("/healthz", None).await;
+                barrier.wait().await;
+                app.hold(&t, &event, json!({"seats": ["A7"]})).await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::CREATED => wins += 1,
+            _ => r.assert_problem(409, "seat_unavailable"),
+        }
+    }
+    wins
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_clicks_on_one_seat_cost_about_one_database_write() {
+    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis_url()) }).await);
+    let event = app.demo_event(json!({})).await;
+    assert_eq!(race_for_a7(&app, &event, 1000).await, 1);
+    let reached = app.state.booking.store_hold_attempts();
+    assert!(reached <= 10, "{reached} of 1000 requests reached the database");
+    assert_eq!(app.get("/readyz", None).await.body["checks"]["seat_locks"]["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_the_database_alone_still_sells_each_seat_once() {
+    let mut redis = OwnRedis::start();
+    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis.url()) }).await);
+    let event = app.demo_event(json!({})).await;
+    redis.stop();
+
+    assert_eq!(race_for_a7(&app, &event, 200).await, 1, "exactly one winner without Redis");
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "degraded, not down");
+    assert_eq!(ready.body["checks"]["seat_locks"]["status"], "degraded");
+
+    // Redis comes back: the next request uses it again, no restart needed.
+    redis.restart();
+    let fan = app.customer("late@example.com").await;
+    let mut back = false;
+    for seat in ["B1", "B2", "B3", "B4", "B5"] {
+        let r = app.hold(&fan, &event, json!({"seats": [seat]})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        if app.get("/readyz", None).await.body["checks"]["seat_locks"]["status"] == "ok" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the fast path recovered on its own");
+    let mut c = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*seat:B*").query(&mut c).unwrap();
+    assert!(!keys.is_empty(), "new holds are recorded in Redis again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flushing_redis_mid_race_never_double_sells() {
+    let redis = OwnRedis::start();
+    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis.url()) }).await);
+    let event = app.demo_event(json!({"max_tickets_per_customer": 100})).await;
+    let n = 300;
+    let tokens = app.customers(n).await;
+    let barrier = Arc::new(Barrier::new(n + 1));
+    // Each fan wants two neighbouring seats among A1..A9: heavy overlap.
+    let want = |i: usize| vec![format!("A{}", i % 8 + 1), format!("A{}", i % 8 + 2)];
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (app, barrier, event, seats) = (app.clone(), barrier.clone(), event.clone(), want(i));
+            tokio::spawn(async move {
+                app.get("/healthz", None).await;
+                barrier.wait().await;
+                (seats.clone(), app.hold(&t, &event, json!({ "seats": seats })).await)
+            })
+        })
+        .collect();
+    let flusher = {
+        let (barrier, url) = (barrier.clone(), redis.url());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            for _ in 0..5 {
+                let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut owner = std::collections::HashMap::new();
+    for t in tasks {
+        let (seats, r) = t.await.unwrap();
+        assert!(r.status.as_u16() < 500, "no 5xx: {}", r.body);
+        if r.status == StatusCode::CREATED {
+            for s in seats {
+                assert!(owner.insert(s.clone(), r.id()).is_none(), "{s} sold twice");
+            }
+        }
+    }
+    flusher.await.unwrap();
+    let statuses = app.seat_statuses(&event).await;
+    for n in 1..=9 {
+        let s = format!("A{n}");
+        assert_eq!(statuses[&s] == "held", owner.contains_key(&s), "seat {s} agrees with the winners");
+    }
+}
