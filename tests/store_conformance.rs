@@ -469,7 +469,8 @@ mod postgres {
         let guard = DropDatabase(name.clone());
         let base = admin_url();
         let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        let settings = PgSettings { max_connections: 40, ..PgSettings::default() };
+        // Tests run in parallel against one server (max_connections 100).
+        let settings = PgSettings { max_connections: 10, ..PgSettings::default() };
         let store = PgStore::connect(&url, &[], &settings).await.unwrap();
         Harness { store: Arc::new(store), _guard: Box::new(guard) }
     }

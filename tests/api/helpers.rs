@@ -122,25 +122,58 @@ pub async fn spawn_app_on(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(setup: Setup) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
     let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
     let database = match setup.backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(TestDatabase::create().await),
     };
-    let config = Config {
+    let config = node_config(&setup, database.as_ref(), redis_keys.as_ref());
+    let mut app = spawn_node(&config, FakeClock::starting_now()).await;
+    app._database = database;
+    app._redis_keys = redis_keys;
+    app
+}
+
+/// Several stateless nodes on one PostgreSQL database and one Redis key
+/// space, as behind a load balancer. They share one fake clock.
+pub struct Cluster {
+    pub nodes: Vec<Arc<TestApp>>,
+    // Dropped after the nodes (fields drop in order).
+    _database: TestDatabase,
+    _redis_keys: Option<RedisPrefix>,
+}
+
+pub async fn spawn_cluster(n: usize, redis_url: Option<String>) -> Cluster {
+    let setup = Setup { backend: Backend::Postgres, redis_url };
+    let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
+    let database = TestDatabase::create().await;
+    let config = node_config(&setup, Some(&database), redis_keys.as_ref());
+    let clock = FakeClock::starting_now();
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(Arc::new(spawn_node(&config, clock.clone()).await));
+    }
+    Cluster { nodes, _database: database, _redis_keys: redis_keys }
+}
+
+fn node_config(setup: &Setup, database: Option<&TestDatabase>, redis_keys: Option<&RedisPrefix>) -> Config {
+    Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
-        database_url: database.as_ref().map(|d| d.url.clone()),
-        database_max_connections: 32,
+        database_url: database.map(|d| d.url.clone()),
+        // Tests run in parallel against one server (max_connections 100).
+        database_max_connections: 8,
         redis_url: setup.redis_url.clone(),
-        redis_prefix: redis_keys.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        redis_prefix: redis_keys.map(|p| p.0.clone()).unwrap_or_default(),
         // Tests never wait out a degraded window: every call retries Redis.
         redis_retry_after_ms: 1,
         sqlite_synchronous: boxoffice::store::sqlite::Synchronous::Normal,
         ..Config::default()
-    };
-    let clock = FakeClock::starting_now();
+    }
+}
+
+async fn spawn_node(config: &Config, clock: FakeClock) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config { data_dir: dir.path().to_owned(), ..config.clone() };
     let app = Application::build(&config, Role::Api, Arc::new(clock.clone()) as Arc<dyn Clock>, ADMIN_TOKEN)
         .await
         .expect("app builds");
@@ -159,8 +192,8 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         stop: Some(stop),
         server: Some(server),
         _dir: dir,
-        _database: database,
-        _redis_keys: redis_keys,
+        _database: None,
+        _redis_keys: None,
     }
 }
 

@@ -1,0 +1,102 @@
+//! Three stateless nodes on one PostgreSQL and one Redis, requests spread
+//! over them as a load balancer would.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::Barrier;
+
+use crate::helpers::spawn_cluster;
+use crate::redis_support::redis_url;
+use boxoffice::demo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_fans_across_three_nodes_get_one_seat_once() {
+    let cluster = spawn_cluster(3, Some(redis_url())).await;
+    let first = &cluster.nodes[0];
+    let event = first.demo_event(json!({})).await;
+    let tokens = first.customers(1000).await;
+    let barrier = Arc::new(Barrier::new(tokens.len()));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (node, barrier, event) = (cluster.nodes[i % 3].clone(), barrier.clone(), event.clone());
+            tokio::spawn(async move {
+                node.get("/healthz", None).await;
+                barrier.wait().await;
+                node.hold(&t, &event, json!({"seats": ["A7"]})).await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::CREATED => wins += 1,
+            _ => r.assert_problem(409, "seat_unavailable"),
+        }
+    }
+    assert_eq!(wins, 1);
+    let reached: u64 = cluster.nodes.iter().map(|n| n.state.booking.store_hold_attempts()).sum();
+    assert!(reached <= 10, "{reached} requests reached the database");
+    for node in &cluster.nodes {
+        assert_eq!(node.seat_statuses(&event).await["A7"], "held", "every node sees the same seat map");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn best_available_from_three_nodes_sells_out_exactly() {
+    let cluster = spawn_cluster(3, Some(redis_url())).await;
+    let first = &cluster.nodes[0];
+    let venue = first.create_venue(demo::sized_venue_json("Cluster Hall", "Springfield", 15, 20, 0)).await;
+    let event = first.create_event(&venue, json!({"max_tickets_per_customer": 100})).await;
+    let tokens = first.customers(300).await;
+    let barrier = Arc::new(Barrier::new(tokens.len()));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (node, barrier, event) = (cluster.nodes[i % 3].clone(), barrier.clone(), event.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(i as u64);
+                let mut want: u32 = rng.random_range(1..=4);
+                let mut got = Vec::new();
+                barrier.wait().await;
+                while want > 0 {
+                    let r = node.hold(&t, &event, json!({"best_available": {"count": want}})).await;
+                    match r.status {
+                        StatusCode::CREATED => {
+                            let seats: Vec<String> = r.body["seats"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|s| s.as_str().unwrap().to_owned())
+                                .collect();
+                            got.push((r.id(), seats));
+                            want = rng.random_range(1..=4);
+                        }
+                        StatusCode::CONFLICT => want -= 1,
+                        other => panic!("unexpected {other}: {}", r.body),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for t in tasks {
+        for (hold, seats) in t.await.unwrap() {
+            for s in seats {
+                assert!(owner.insert(s.clone(), hold.clone()).is_none(), "{s} sold twice");
+            }
+        }
+    }
+    assert_eq!(owner.len(), 300);
+    let a = first.get(&format!("/v1/events/{event}/availability"), None).await;
+    assert_eq!((a.body["total"].as_u64(), a.body["held"].as_u64()), (Some(300), Some(300)));
+}
