@@ -14,7 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::accelerators::{InProcessSeatLocks, RedisSeatLocks, SeatLocks};
+use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatLocks};
 use crate::api::{self, AppState, HttpLimits};
 use crate::booking::BookingService;
 use crate::config::{Config, Database};
@@ -56,6 +56,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    bus: Option<RedisBus>,
     role: Role,
     sweep_period: Duration,
 }
@@ -84,9 +85,17 @@ impl Application {
                     .context("connecting to Redis (BOXOFFICE_REDIS_URL)")?,
             ),
         };
+        let bus = match config.redis_urls().first() {
+            Some(url) => {
+                Some(RedisBus::connect(url, &config.redis_prefix).await.context("connecting to Redis pub/sub")?)
+            }
+            None => None,
+        };
+        let catalog = Arc::new(CatalogCache::new(store.clone(), bus.clone()));
         let booking = BookingService::new(store, locks, clock);
         let state = AppState::new(
             booking,
+            catalog,
             admin_token,
             Duration::from_secs(config.session_ttl_hours * 3600),
             telemetry::metrics_handle(),
@@ -105,6 +114,7 @@ impl Application {
             listener,
             router,
             state,
+            bus,
             role,
             sweep_period: Duration::from_secs(config.sweep_interval_seconds),
         })
@@ -126,6 +136,10 @@ impl Application {
     /// and stops the background jobs.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
+        let listener = self
+            .bus
+            .clone()
+            .map(|bus| tokio::spawn(bus.listen(self.state.catalog.clone(), self.state.clock.clone(), stop.clone())));
         let jobs = match self.role {
             Role::All | Role::Worker => {
                 Some(tokio::spawn(sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone())))
@@ -134,8 +148,8 @@ impl Application {
         };
         let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
         stop.cancel();
-        if let Some(j) = jobs {
-            let _ = j.await;
+        for task in [jobs, listener].into_iter().flatten() {
+            let _ = task.await;
         }
         served.context("HTTP server failed")
     }

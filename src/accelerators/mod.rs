@@ -4,10 +4,12 @@
 //! Embedded implementations live in-process. Scale-out (Redis) versions
 //! implement the same traits.
 
+pub mod catalog_cache;
 pub mod redis_locks;
 pub mod seat_feed;
 pub mod seat_locks;
 
+pub use catalog_cache::{CatalogCache, CatalogChange, RedisBus};
 pub use redis_locks::RedisSeatLocks;
 pub use seat_feed::{GaChange, SeatChange, SeatFeed};
 pub use seat_locks::{InProcessSeatLocks, LockOutcome, LockStatus, SeatLocks};

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -11,8 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -22,17 +21,44 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, Problem};
 use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
+use crate::accelerators::CatalogChange;
 use crate::domain::event::{Event, EventDraft, EventPatch, EventStatus};
 use crate::domain::ids::{Category, EventId, VenueId};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::{Venue, VenueDraft};
 use crate::store::{Availability, Counts, EventQuery, SeatMapState, StoreError};
+use sha2::{Digest, Sha256};
 
 const SEARCH_DEFAULT_LIMIT: u32 = 20;
 const SEARCH_MAX_LIMIT: u32 = 100;
 
 fn cache(value: &'static str) -> [(header::HeaderName, HeaderValue); 1] {
     [(header::CACHE_CONTROL, HeaderValue::from_static(value))]
+}
+
+/// A cacheable JSON answer with a strong `ETag` (a hash of the body); a
+/// request whose `If-None-Match` names it gets `304 Not Modified`.
+fn with_etag<T: Serialize>(req: &HeaderMap, cache_control: &'static str, body: &T) -> Response {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(_) => return ApiError::internal().into_response(),
+    };
+    let digest = Sha256::digest(&bytes);
+    let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..16]));
+    let matches = req
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
+    if matches {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (headers, bytes).into_response()
 }
 
 pub(crate) fn parse_event_id(raw: &str) -> Result<EventId, ApiError> {
@@ -59,8 +85,8 @@ pub async fn create_venue(
 pub async fn get_venue(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
     let not_found = || ApiError::not_found("venue_not_found", "no such venue");
     let id = VenueId::parse(&id).ok_or_else(not_found)?;
-    let venue = state.store.venue(&id).await?.ok_or_else(not_found)?;
-    Ok((cache("public, max-age=60"), Json(venue)))
+    let venue = state.catalog.venue(&id).await?.ok_or_else(not_found)?;
+    Ok((cache("public, max-age=60"), Json(venue.as_ref().clone())))
 }
 
 // ---------------------------------------------------------------- events
@@ -137,6 +163,8 @@ pub async fn create_event(
     let now = state.clock.now();
     let event = Event::from_draft(EventId::generate(), draft, &venue, now)?;
     state.store.insert_event(&event, &venue).await?;
+    // New events must show up in every node's cached searches at once.
+    state.catalog.changed(CatalogChange::Event(event.id.clone()), now).await;
     Ok((StatusCode::CREATED, Json(EventView::new(&event, now))))
 }
 
@@ -159,7 +187,10 @@ pub async fn patch_event(
         let next = current.patched(&patch, now)?;
         match state.store.update_event(&next).await {
             Ok(()) => {
-                state.availability.invalidate(&id);
+                state.catalog.changed(CatalogChange::Event(id.clone()), now).await;
+                if patch.high_demand == Some(true) {
+                    state.catalog.changed(CatalogChange::Warm(id.clone()), now).await;
+                }
                 return Ok(Json(EventView::new(&next, now)));
             }
             Err(StoreError::Conflict) => continue,
@@ -171,10 +202,15 @@ pub async fn patch_event(
 
 #[utoipa::path(get, path = "/v1/events/{id}", tag = "catalog", params(("id" = String, Path)),
     responses((status = 200, body = EventView), (status = 404, description = "event_not_found", body = Problem)))]
-pub async fn get_event(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
+pub async fn get_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_event_id(&id)?;
-    let event = state.store.event(&id).await?.ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
-    Ok((cache("public, max-age=10"), Json(EventView::new(&event, state.clock.now()))))
+    let event =
+        state.catalog.event(&id).await?.ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
+    Ok(with_etag(&headers, "public, max-age=10", &EventView::new(&event, state.clock.now())))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -225,6 +261,7 @@ fn bounded_text(name: &str, v: Option<String>) -> Result<Option<String>, ApiErro
     responses((status = 200, body = SearchResponse), (status = 400, description = "invalid_query", body = Problem)))]
 pub async fn search_events(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let time = |name: &str, v: Option<String>| -> Result<Option<Timestamp>, ApiError> {
@@ -255,16 +292,12 @@ pub async fn search_events(
         after,
         limit: limit + 1,
     };
-    let mut events = state.store.search_events(&q).await?;
-    let next_cursor = if events.len() > limit as usize {
-        events.truncate(limit as usize);
-        events.last().map(encode_cursor)
-    } else {
-        None
-    };
+    let found = state.catalog.search(&q).await?;
+    let page = &found[..found.len().min(limit as usize)];
+    let next_cursor = if found.len() > limit as usize { page.last().map(encode_cursor) } else { None };
     let now = state.clock.now();
-    let data = events.iter().map(|e| EventView::new(e, now)).collect();
-    Ok((cache("public, max-age=10"), Json(SearchResponse { data, next_cursor })))
+    let data = page.iter().map(|e| EventView::new(e, now)).collect();
+    Ok(with_etag(&headers, "public, max-age=10", &SearchResponse { data, next_cursor }))
 }
 
 // ------------------------------------------------------- availability and seats
@@ -310,19 +343,11 @@ impl From<&Availability> for AvailabilityView {
     responses((status = 200, body = AvailabilityView), (status = 404, description = "event_not_found", body = Problem)))]
 pub async fn availability(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
     let id = parse_event_id(&id)?;
-    let a = match state.availability.get(&id) {
-        Some(a) => a,
-        None => {
-            let a = state
-                .store
-                .availability(&id, state.clock.now())
-                .await?
-                .ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
-            let a = Arc::new(a);
-            state.availability.insert(id, a.clone());
-            a
-        }
-    };
+    let a = state
+        .catalog
+        .availability(&id, state.clock.now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
     Ok((cache("public, max-age=1"), Json(AvailabilityView::from(a.as_ref()))))
 }
 
@@ -387,7 +412,8 @@ fn seats_view(event: &Event, s: SeatMapState) -> SeatsView {
 pub async fn seats(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
     let id = parse_event_id(&id)?;
     let not_found = || ApiError::not_found("event_not_found", "no such event");
-    let event = state.store.event(&id).await?.ok_or_else(not_found)?;
+    // Prices may be 10 s old; seat status is read live.
+    let event = state.catalog.event(&id).await?.ok_or_else(not_found)?;
     let map = state.store.seat_map_state(&id, state.clock.now()).await?.ok_or_else(not_found)?;
     Ok((cache("no-store"), Json(seats_view(&event, map))))
 }
@@ -402,7 +428,9 @@ pub async fn seats(State(state): State<AppState>, ApiPath(id): ApiPath) -> Resul
               (status = 404, description = "event_not_found", body = Problem)))]
 pub async fn seats_stream(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
     let id = parse_event_id(&id)?;
-    let event = state.store.event(&id).await?.ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
+    let event =
+        state.catalog.event(&id).await?.ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
+    let event = event.as_ref().clone();
     // Subscribe before the snapshot is read, so no change falls between.
     let mut changes = state.booking.feed().subscribe(&id);
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);

@@ -15,11 +15,11 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
+use crate::accelerators::CatalogCache;
 use crate::booking::BookingService;
 use crate::domain::customer::TokenHash;
-use crate::domain::ids::EventId;
 use crate::domain::time::Clock;
-use crate::store::{Availability, Customer, DynStore};
+use crate::store::{Customer, DynStore};
 
 pub mod catalog;
 pub mod error;
@@ -42,14 +42,15 @@ pub struct AppState {
     pub session_ttl: Duration,
     /// Token → customer, so a hot path does not read the database per request.
     pub sessions: moka::sync::Cache<TokenHash, Customer>,
-    /// Availability counts, at most a second old.
-    pub availability: moka::sync::Cache<EventId, Arc<Availability>>,
+    /// Catalog caches (events, venues, search, availability).
+    pub catalog: Arc<CatalogCache>,
     pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
     pub fn new(
         booking: BookingService,
+        catalog: Arc<CatalogCache>,
         admin_token: &str,
         session_ttl: Duration,
         metrics: Option<PrometheusHandle>,
@@ -61,10 +62,7 @@ impl AppState {
             admin_token_hash: TokenHash::of(admin_token),
             session_ttl,
             sessions: moka::sync::Cache::builder().max_capacity(200_000).time_to_live(Duration::from_secs(60)).build(),
-            availability: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(1))
-                .build(),
+            catalog,
             metrics,
         }
     }

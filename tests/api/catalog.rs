@@ -203,3 +203,29 @@ async fn the_seat_stream_sends_a_snapshot_then_every_change() {
     assert_eq!(name, "ga");
     assert_eq!(ga["ga_areas"][0]["available"], 498);
 }
+
+#[tokio::test]
+async fn catalog_reads_carry_an_etag_and_answer_304_until_they_change() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let url = app.url(&format!("/v1/events/{event}"));
+    let first = app.client.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(first.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+
+    let again = app.client.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    app.send(Method::PATCH, &format!("/v1/events/{event}"), Some(ADMIN_TOKEN), Some(json!({"title": "Second Night"})))
+        .await;
+    let changed = app.client.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(changed.status(), StatusCode::OK, "a changed event is sent again");
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+
+    let search = app.client.get(app.url("/v1/events")).send().await.unwrap();
+    let tag = search.headers()["etag"].to_str().unwrap().to_owned();
+    let same = app.client.get(app.url("/v1/events")).header("if-none-match", tag).send().await.unwrap();
+    assert_eq!(same.status(), StatusCode::NOT_MODIFIED);
+}

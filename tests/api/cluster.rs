@@ -100,3 +100,70 @@ async fn best_available_from_three_nodes_sells_out_exactly() {
     let a = first.get(&format!("/v1/events/{event}/availability"), None).await;
     assert_eq!((a.body["total"].as_u64(), a.body["held"].as_u64()), (Some(300), Some(300)));
 }
+
+/// Polls `check` until it holds or `within` passes: for changes that
+/// travel between nodes over pub/sub.
+async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_price_change_on_one_node_is_served_by_another_within_a_second() {
+    let cluster = spawn_cluster(2, Some(redis_url())).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let event = a.demo_event(json!({})).await;
+    // B caches the event (prices are cached for up to 10 s).
+    assert_eq!(b.get(&format!("/v1/events/{event}"), None).await.body["prices"]["standard"], 1500);
+
+    let patched = a
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/v1/events/{event}"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            Some(json!({"prices": {"standard": 2100}})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    let path = format!("/v1/events/{event}");
+    let seen = eventually(std::time::Duration::from_secs(1), || async {
+        b.get(&path, None).await.body["prices"]["standard"] == 2100
+    })
+    .await;
+    assert!(seen, "node B still serves the old price after 1 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn marking_an_event_high_demand_prewarms_every_node() {
+    let cluster = spawn_cluster(3, Some(redis_url())).await;
+    let a = &cluster.nodes[0];
+    let event = a.demo_event(json!({})).await;
+    let id = boxoffice::domain::ids::EventId::parse(&event).unwrap();
+    assert!(cluster.nodes.iter().all(|n| !n.state.catalog.has_event(&id)), "nothing cached yet");
+    let r = a
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/v1/events/{event}"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            Some(json!({"high_demand": true})),
+        )
+        .await;
+    assert_eq!(r.body["high_demand"], true);
+    let warmed = eventually(std::time::Duration::from_secs(1), || async {
+        cluster.nodes.iter().all(|n| n.state.catalog.has_event(&id))
+    })
+    .await;
+    assert!(warmed, "every node holds the event in its cache");
+}

@@ -1,0 +1,257 @@
+//! Catalog caches: per-node moka tiers in front of the store, with
+//! invalidation that reaches every node.
+//!
+//! | what | TTL | why |
+//! |---|---|---|
+//! | event details (with prices) | 10 s | prices may be at most 10 s old |
+//! | venue details | 24 h | venues do not change after creation |
+//! | search results | 10 s | they show prices |
+//! | availability counts | 1 s | "at most about 2 s stale" |
+//!
+//! Seat status, holds and locks are never cached. An admin change
+//! invalidates this node at once and is published on the Redis channel
+//! `<prefix>catalog` so every other node drops its copy too; a node that
+//! loses its subscription drops everything when it resubscribes, and the
+//! TTLs bound staleness if a message is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use moka::sync::Cache;
+
+use crate::domain::event::Event;
+use crate::domain::ids::{EventId, VenueId};
+use crate::domain::time::Timestamp;
+use crate::domain::venue::Venue;
+use crate::store::{Availability, DynStore, EventQuery, StoreResult};
+
+pub const EVENT_TTL: Duration = Duration::from_secs(10);
+pub const VENUE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const SEARCH_TTL: Duration = Duration::from_secs(10);
+pub const AVAILABILITY_TTL: Duration = Duration::from_secs(1);
+
+/// A catalog change every node must hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatalogChange {
+    Event(EventId),
+    Venue(VenueId),
+    /// Load this event into every node's caches (it is about to be busy).
+    Warm(EventId),
+}
+
+impl CatalogChange {
+    fn encode(&self) -> String {
+        match self {
+            CatalogChange::Event(id) => format!("event:{id}"),
+            CatalogChange::Venue(id) => format!("venue:{id}"),
+            CatalogChange::Warm(id) => format!("warm:{id}"),
+        }
+    }
+
+    fn decode(s: &str) -> Option<CatalogChange> {
+        let (kind, id) = s.split_once(':')?;
+        match kind {
+            "event" => EventId::parse(id).map(CatalogChange::Event),
+            "venue" => VenueId::parse(id).map(CatalogChange::Venue),
+            "warm" => EventId::parse(id).map(CatalogChange::Warm),
+            _ => None,
+        }
+    }
+}
+
+pub struct CatalogCache {
+    store: DynStore,
+    events: Cache<EventId, Arc<Event>>,
+    venues: Cache<VenueId, Arc<Venue>>,
+    searches: Cache<String, Arc<Vec<Event>>>,
+    availability: Cache<EventId, Arc<Availability>>,
+    /// Where changes are published to other nodes; `None` when embedded.
+    bus: Option<RedisBus>,
+}
+
+impl CatalogCache {
+    pub fn new(store: DynStore, bus: Option<RedisBus>) -> Self {
+        fn cache<K, V>(ttl: Duration, cap: u64) -> Cache<K, V>
+        where
+            K: std::hash::Hash + Eq + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+        {
+            Cache::builder().time_to_live(ttl).max_capacity(cap).build()
+        }
+        CatalogCache {
+            store,
+            events: cache(EVENT_TTL, 100_000),
+            venues: cache(VENUE_TTL, 10_000),
+            searches: cache(SEARCH_TTL, 10_000),
+            availability: cache(AVAILABILITY_TTL, 100_000),
+            bus,
+        }
+    }
+
+    pub async fn event(&self, id: &EventId) -> StoreResult<Option<Arc<Event>>> {
+        if let Some(e) = self.events.get(id) {
+            return Ok(Some(e));
+        }
+        let e = self.store.event(id).await?.map(Arc::new);
+        if let Some(e) = &e {
+            self.events.insert(id.clone(), e.clone());
+        }
+        Ok(e)
+    }
+
+    pub async fn venue(&self, id: &VenueId) -> StoreResult<Option<Arc<Venue>>> {
+        if let Some(v) = self.venues.get(id) {
+            return Ok(Some(v));
+        }
+        let v = self.store.venue(id).await?.map(Arc::new);
+        if let Some(v) = &v {
+            self.venues.insert(id.clone(), v.clone());
+        }
+        Ok(v)
+    }
+
+    pub async fn search(&self, q: &EventQuery) -> StoreResult<Arc<Vec<Event>>> {
+        let key = format!("{q:?}");
+        if let Some(r) = self.searches.get(&key) {
+            return Ok(r);
+        }
+        let r = Arc::new(self.store.search_events(q).await?);
+        self.searches.insert(key, r.clone());
+        Ok(r)
+    }
+
+    pub async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Arc<Availability>>> {
+        if let Some(a) = self.availability.get(id) {
+            return Ok(Some(a));
+        }
+        let a = self.store.availability(id, now).await?.map(Arc::new);
+        if let Some(a) = &a {
+            self.availability.insert(id.clone(), a.clone());
+        }
+        Ok(a)
+    }
+
+    /// Applies a change here, then tells every other node.
+    pub async fn changed(&self, change: CatalogChange, now: Timestamp) {
+        self.apply(&change, now).await;
+        if let Some(bus) = &self.bus {
+            bus.publish(&change).await;
+        }
+    }
+
+    /// Applies a change heard from any node (including this one).
+    pub async fn apply(&self, change: &CatalogChange, now: Timestamp) {
+        match change {
+            CatalogChange::Event(id) => {
+                self.events.invalidate(id);
+                self.availability.invalidate(id);
+                self.searches.invalidate_all();
+            }
+            CatalogChange::Venue(id) => self.venues.invalidate(id),
+            CatalogChange::Warm(id) => {
+                self.events.invalidate(id);
+                self.availability.invalidate(id);
+                if let Err(e) = self.event(id).await {
+                    tracing::warn!(error = %e, event.id = %id, "could not pre-warm an event");
+                }
+                let _ = self.availability(id, now).await;
+            }
+        }
+    }
+
+    /// Drops everything; used after missing messages.
+    pub fn clear(&self) {
+        self.events.invalidate_all();
+        self.venues.invalidate_all();
+        self.searches.invalidate_all();
+        self.availability.invalidate_all();
+    }
+
+    /// Whether an event is in this node's cache (for tests of pre-warming).
+    pub fn has_event(&self, id: &EventId) -> bool {
+        self.events.contains_key(id)
+    }
+}
+
+/// Catalog changes over Redis pub/sub.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: redis::Client,
+    publisher: redis::aio::ConnectionManager,
+    channel: String,
+}
+
+impl RedisBus {
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<RedisBus> {
+        let client = redis::Client::open(url)?;
+        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+        Ok(RedisBus { client, publisher, channel: format!("{prefix}catalog") })
+    }
+
+    async fn publish(&self, change: &CatalogChange) {
+        let mut c = self.publisher.clone();
+        let sent = tokio::time::timeout(
+            Duration::from_millis(500),
+            redis::cmd("PUBLISH").arg(&self.channel).arg(change.encode()).query_async::<i64>(&mut c),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            // Other nodes catch up within the TTLs.
+            tracing::warn!(?change, "could not publish a catalog change; other nodes rely on TTLs");
+        }
+    }
+
+    /// Listens until `stop`, applying every change to `cache`. Reconnects
+    /// after errors, clearing the cache each time it (re)subscribes since
+    /// messages may have been missed meanwhile.
+    pub async fn listen(
+        self,
+        cache: Arc<CatalogCache>,
+        clock: Arc<dyn crate::domain::time::Clock>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let session = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                cache.clear();
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let payload: String = msg.get_payload()?;
+                    if let Some(change) = CatalogChange::decode(&payload) {
+                        cache.apply(&change, clock.now()).await;
+                    }
+                }
+                anyhow::Ok(())
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = session => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "catalog subscription lost; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_and_junk_is_ignored() {
+        let e = EventId::generate();
+        for c in [CatalogChange::Event(e.clone()), CatalogChange::Warm(e), CatalogChange::Venue(VenueId::generate())] {
+            assert_eq!(CatalogChange::decode(&c.encode()), Some(c));
+        }
+        assert_eq!(CatalogChange::decode("event:nope"), None);
+        assert_eq!(CatalogChange::decode("garbage"), None);
+    }
+}
