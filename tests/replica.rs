@@ -135,8 +135,9 @@ async fn search_is_served_by_the_read_replica() {
 
     let primary_url = format!("postgres://postgres@127.0.0.1:{pport}/postgres");
     let replica_url = format!("postgres://postgres@127.0.0.1:{rport}/postgres");
-    let store: DynStore =
-        Arc::new(PgStore::connect(&primary_url, &[replica_url.clone()], &PgSettings::default()).await.unwrap());
+    let store: DynStore = Arc::new(
+        PgStore::connect(&primary_url, std::slice::from_ref(&replica_url), &PgSettings::default()).await.unwrap(),
+    );
 
     let draft: VenueDraft = serde_json::from_value(demo::venue_json()).unwrap();
     let venue = Venue::from_draft(VenueId::generate(), draft).unwrap();
