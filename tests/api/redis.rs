@@ -126,3 +126,49 @@ async fn flushing_redis_mid_race_never_double_sells() {
         assert_eq!(statuses[&s] == "held", owner.contains_key(&s), "seat {s} agrees with the winners");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_redis_cluster_the_fast_path_and_cache_invalidation_work() {
+    let redis = crate::redis_support::OwnRedisCluster::start();
+    let cluster = crate::helpers::spawn_cluster(2, Some(redis.urls().join(","))).await;
+    let (a, b) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    let event = a.demo_event(json!({})).await;
+    assert_eq!(a.get("/readyz", None).await.body["checks"]["seat_locks"]["status"], "ok");
+
+    // A race split over both nodes, through the cluster's locks.
+    let tokens = a.customers(200).await;
+    let barrier = Arc::new(Barrier::new(tokens.len()));
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (node, barrier, event) = (cluster.nodes[i % 2].clone(), barrier.clone(), event.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                node.hold(&t, &event, json!({"seats": ["A7", "A8"]})).await.status
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::CREATED {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1);
+    let reached: u64 = cluster.nodes.iter().map(|n| n.state.booking.store_hold_attempts()).sum();
+    assert!(reached <= 10, "{reached} requests reached the database");
+
+    // Cache invalidation travels over the cluster's pub/sub.
+    let path = format!("/v1/events/{event}");
+    assert_eq!(b.get(&path, None).await.body["title"], "Opening Night");
+    a.send(reqwest::Method::PATCH, &path, Some(crate::helpers::ADMIN_TOKEN), Some(json!({"title": "Encore"}))).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        if b.get(&path, None).await.body["title"] == "Encore" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node B still serves the old title after 1 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -35,13 +35,18 @@ impl Drop for RedisPrefix {
 pub struct OwnRedis {
     pub port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl OwnRedis {
     #[allow(dead_code)]
     pub fn start() -> OwnRedis {
+        Self::start_with(vec![])
+    }
+
+    fn start_with(extra: Vec<String>) -> OwnRedis {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = OwnRedis { port, child: None };
+        let mut r = OwnRedis { port, child: None, extra };
         r.restart();
         r
     }
@@ -55,6 +60,7 @@ impl OwnRedis {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -87,5 +93,60 @@ impl OwnRedis {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A three-master Redis Cluster of the test's own, on free loopback ports.
+#[allow(dead_code)]
+pub struct OwnRedisCluster {
+    pub nodes: Vec<OwnRedis>,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl OwnRedisCluster {
+    pub fn start() -> OwnRedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<OwnRedis> = (0..3)
+            .map(|i| {
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                OwnRedis::start_with(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.to_str().unwrap().into(),
+                    "--dir".into(),
+                    dir.path().to_str().unwrap().into(),
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stderr));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            loop {
+                let info: String = redis::Client::open(n.url())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not become ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        OwnRedisCluster { nodes, _dir: dir }
+    }
+
+    /// Every node's URL, comma-separated: what `BOXOFFICE_REDIS_URL` takes.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
     }
 }
