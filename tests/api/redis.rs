@@ -172,3 +172,56 @@ async fn on_a_redis_cluster_the_fast_path_and_cache_invalidation_work() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_redis_mid_race_never_double_sells() {
+    let redis = OwnRedis::start();
+    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis.url()) }).await);
+    let event = app.demo_event(json!({"max_tickets_per_customer": 100})).await;
+    let n = 300;
+    let tokens = app.customers(n).await;
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let want = |i: usize| vec![format!("B{}", i % 8 + 1), format!("B{}", i % 8 + 2)];
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (app, barrier, event, seats) = (app.clone(), barrier.clone(), event.clone(), want(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (seats.clone(), app.hold(&t, &event, json!({ "seats": seats })).await)
+            })
+        })
+        .collect();
+    // Restart Redis while the requests are in flight.
+    let restarter = {
+        let barrier = barrier.clone();
+        let mut redis = redis;
+        tokio::spawn(async move {
+            barrier.wait().await;
+            tokio::task::spawn_blocking(move || {
+                redis.stop();
+                redis.restart();
+                redis
+            })
+            .await
+            .unwrap()
+        })
+    };
+    let mut owner = std::collections::HashMap::new();
+    for t in tasks {
+        let (seats, r) = t.await.unwrap();
+        assert!(r.status.as_u16() < 500, "no 5xx: {}", r.body);
+        if r.status == StatusCode::CREATED {
+            for s in seats {
+                assert!(owner.insert(s.clone(), r.id()).is_none(), "{s} sold twice");
+            }
+        }
+    }
+    let _redis = restarter.await.unwrap();
+    let statuses = app.seat_statuses(&event).await;
+    for n in 1..=9 {
+        let s = format!("B{n}");
+        assert_eq!(statuses[&s] == "held", owner.contains_key(&s), "seat {s} agrees with the winners");
+    }
+}
