@@ -23,12 +23,14 @@ use boxoffice::domain::hold::Selection;
 use boxoffice::domain::ids::{CustomerId, EventId, SeatId, VenueId};
 use boxoffice::domain::time::{Clock, SystemClock};
 use boxoffice::domain::venue::{Venue, VenueDraft};
+use boxoffice::store::postgres::{PgSettings, PgStore};
 use boxoffice::store::sqlite::SqliteStore;
 use boxoffice::store::{Customer, DynStore, NewSession};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 const CONNECTIONS: usize = 64;
 const ROWS: usize = 400;
@@ -204,16 +206,169 @@ fn header() {
     println!("|{:-<40}|{:->11}|{:->10}|{:->10}|{:->8}|{:->9}|{:->9}|{:->8}|", "", "", "", "", "", "", "", "");
 }
 
-async fn new_app(dir: &std::path::Path) -> (Application, Event, Vec<Customer>) {
-    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.to_owned(), ..Config::default() };
-    config.sqlite_synchronous = sync_policy();
-    let store: DynStore = Arc::new(SqliteStore::open(&dir.join("bench.db"), config.sqlite_synchronous).unwrap());
+/// Where a phase's app keeps its data.
+enum Backing<'a> {
+    Sqlite(&'a std::path::Path),
+    /// PostgreSQL plus Redis (with its own key prefix).
+    Scaleout {
+        database_url: &'a str,
+        redis_prefix: &'a str,
+    },
+}
+
+async fn new_app(backing: Backing<'_>) -> (Application, Event, Vec<Customer>) {
+    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let store: DynStore = match backing {
+        Backing::Sqlite(dir) => {
+            config.data_dir = dir.to_owned();
+            config.sqlite_synchronous = sync_policy();
+            Arc::new(SqliteStore::open(&dir.join("bench.db"), config.sqlite_synchronous).unwrap())
+        }
+        Backing::Scaleout { database_url, redis_prefix } => {
+            config.database_url = Some(database_url.to_owned());
+            config.redis_url = Some(redis_url());
+            config.redis_prefix = redis_prefix.to_owned();
+            let settings = PgSettings { max_connections: CONNECTIONS as u32, ..PgSettings::default() };
+            Arc::new(PgStore::connect(database_url, &[], &settings).await.unwrap())
+        }
+    };
     let (event, customers) = seed(&store).await;
     let noop =
         axum::Router::<AppState>::new().route("/bench/noop", post(|Json(v): Json<Value>| async move { Json(v) }));
     let app =
         Application::build_with_store(&config, Role::Api, Arc::new(SystemClock), ADMIN, store, noop).await.unwrap();
     (app, event, customers)
+}
+
+fn serve(app: Application) -> String {
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until(std::future::pending()));
+    base
+}
+
+/// `CONNECTIONS` HTTP clients holding one random seat (or one of 10 hot
+/// seats) per request.
+async fn http_holds(label: &str, client: &reqwest::Client, base: &str, event: &Event, hot: bool) -> Outcome {
+    let (client, url) = (client.clone(), format!("{base}/v1/events/{}/holds", event.id));
+    drive(label, move |w, i| {
+        let token = format!("bench-token-{}", customer_index(w, i));
+        let seat = if hot { format!("A{}", rand::rng().random_range(1..=10)) } else { random_seat(&mut rand::rng()) };
+        let req = client.post(&url).bearer_auth(token).json(&json!({ "seats": [seat] }));
+        async move {
+            match req.send().await {
+                Ok(r) => {
+                    let s = r.status();
+                    let _ = r.bytes().await;
+                    match s.as_u16() {
+                        201 => Ok(true),
+                        409 => Ok(false),
+                        _ => Err(()),
+                    }
+                }
+                Err(_) => Err(()),
+            }
+        }
+    })
+    .await
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("BOXOFFICE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("BOXOFFICE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database for one phase, dropped afterwards; and its Redis prefix.
+struct BenchDb {
+    name: String,
+    url: String,
+    prefix: String,
+}
+
+impl BenchDb {
+    async fn create() -> BenchDb {
+        let name = format!("boxoffice_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut c = sqlx::PgConnection::connect(&pg_admin_url()).await.expect("PostgreSQL is reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+        let url = format!("{}/{name}", pg_admin_url().rsplit_once('/').unwrap().0);
+        BenchDb { prefix: format!("bxbench:{name}:"), name, url }
+    }
+
+    async fn drop_now(self) {
+        if let Ok(mut c) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut c).await;
+        }
+        if let Ok(mut r) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut r).unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut r);
+            }
+        }
+    }
+}
+
+/// The raw single-statement conditional UPDATE, from the benchmark itself
+/// with the same connection count: what one hold's fence costs alone.
+async fn pg_raw_updates(db: &BenchDb, event: &Event) -> Outcome {
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(CONNECTIONS as u32).connect(&db.url).await.unwrap();
+    let event_id = event.id.to_string();
+    drive("PG raw conditional UPDATE (baseline)", move |_, _| {
+        let (pool, event_id) = (pool.clone(), event_id.clone());
+        let seat = random_seat(&mut rand::rng());
+        async move {
+            let now = SystemClock.now();
+            let r = sqlx::query(
+                "UPDATE seats SET status = 'held', hold_id = $1, hold_expires_at = $2, version = version + 1 \
+                 WHERE event_id = $3 AND seat_id = $4 \
+                   AND (status = 'available' OR (status = 'held' AND hold_expires_at <= $5))",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(now.plus_secs(2).as_millis())
+            .bind(&event_id)
+            .bind(seat)
+            .bind(now.as_millis())
+            .execute(&pool)
+            .await;
+            match r {
+                Ok(done) => Ok(done.rows_affected() == 1),
+                Err(_) => Err(()),
+            }
+        }
+    })
+    .await
+}
+
+/// 1,000 holds on one seat released together: how many reach the database.
+async fn pg_stampede(base: &str, event: &Event, app_state: &AppState) -> (usize, u64) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1000).build().unwrap();
+    let url = format!("{base}/v1/events/{}/holds", event.id);
+    let before = app_state.booking.store_hold_attempts();
+    let barrier = Arc::new(tokio::sync::Barrier::new(1000));
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let (client, url, barrier) = (client.clone(), url.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let r = client
+                    .post(&url)
+                    .bearer_auth(format!("bench-token-{i}"))
+                    .json(&json!({"seats": ["O20"]}))
+                    .send()
+                    .await;
+                r.map(|r| r.status().as_u16() == 201).unwrap_or(false)
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            wins += 1;
+        }
+    }
+    (wins, app_state.booking.store_hold_attempts() - before)
 }
 
 fn main() {
@@ -231,7 +386,7 @@ fn main() {
         // In-process: the booking service, no HTTP.
         if phase("inproc") {
             let dir = tempfile::tempdir().unwrap();
-            let (app, event, customers) = new_app(dir.path()).await;
+            let (app, event, customers) = new_app(Backing::Sqlite(dir.path())).await;
             let booking = app.state().booking.clone();
             let customers = Arc::new(customers);
             let inproc = {
@@ -257,14 +412,8 @@ fn main() {
 
         // Over HTTP: a fresh database per phase so each starts empty.
         let client = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build().unwrap();
-        let serve = |app: Application| {
-            let base = format!("http://{}", app.local_addr());
-            tokio::spawn(app.run_until(std::future::pending()));
-            base
-        };
-
         let dir = tempfile::tempdir().unwrap();
-        let (app, _, _) = new_app(dir.path()).await;
+        let (app, _, _) = new_app(Backing::Sqlite(dir.path())).await;
         let base = serve(app);
         let baseline = {
             let (client, url) = (client.clone(), format!("{base}/bench/noop"));
@@ -286,32 +435,52 @@ fn main() {
                 continue;
             }
             let dir = tempfile::tempdir().unwrap();
-            let (app, event, _) = new_app(dir.path()).await;
+            let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
             let base = serve(app);
-            let (client, url) = (client.clone(), format!("{base}/v1/events/{}/holds", event.id));
-            let r = drive(label, move |w, i| {
-                let token = format!("bench-token-{}", customer_index(w, i));
-                let seat =
-                    if hot { format!("A{}", rand::rng().random_range(1..=10)) } else { random_seat(&mut rand::rng()) };
-                let req = client.post(&url).bearer_auth(token).json(&json!({ "seats": [seat] }));
-                async move {
-                    match req.send().await {
-                        Ok(r) => {
-                            let s = r.status();
-                            let _ = r.bytes().await;
-                            match s.as_u16() {
-                                201 => Ok(true),
-                                409 => Ok(false),
-                                _ => Err(()),
-                            }
-                        }
-                        Err(_) => Err(()),
-                    }
-                }
-            })
-            .await;
-            r.print(Some(baseline.rate()));
+            http_holds(label, &client, &base, &event, hot).await.print(Some(baseline.rate()));
         }
-        println!("\nratio = req/s over the no-op baseline's req/s; target for HTTP holds: >= 0.50x");
+        println!("\nratio = req/s over the no-op baseline's req/s; target for embedded HTTP holds: >= 0.50x");
+
+        // Scale-out: PostgreSQL plus Redis, one node, same client.
+        if !["pg-raw", "pg-random", "pg-hot", "pg-stampede"].iter().any(|p| phase(p)) {
+            return;
+        }
+        println!("\nPostgreSQL + Redis (one node); ratio = req/s over the raw UPDATE baseline's\n");
+        header();
+        let db = BenchDb::create().await;
+        let (app, event, _) = new_app(Backing::Scaleout { database_url: &db.url, redis_prefix: &db.prefix }).await;
+        let raw = pg_raw_updates(&db, &event).await;
+        raw.print(Some(raw.rate()));
+        drop(app);
+        db.drop_now().await;
+        for (label, hot) in [("HTTP holds on PG, random seats", false), ("HTTP holds on PG, 10 hot seats", true)] {
+            if !phase(if hot { "pg-hot" } else { "pg-random" }) {
+                continue;
+            }
+            let db = BenchDb::create().await;
+            let (app, event, _) = new_app(Backing::Scaleout { database_url: &db.url, redis_prefix: &db.prefix }).await;
+            let state = app.state().clone();
+            let base = serve(app);
+            let r = http_holds(label, &client, &base, &event, hot).await;
+            r.print(Some(raw.rate()));
+            if hot {
+                let writes = state.booking.store_hold_attempts();
+                println!(
+                    "  database writes per winning hold under contention: {:.2} ({writes} writes, {} wins)",
+                    writes as f64 / r.ok.max(1) as f64,
+                    r.ok
+                );
+            }
+            db.drop_now().await;
+        }
+        if phase("pg-stampede") {
+            let db = BenchDb::create().await;
+            let (app, event, _) = new_app(Backing::Scaleout { database_url: &db.url, redis_prefix: &db.prefix }).await;
+            let state = app.state().clone();
+            let base = serve(app);
+            let (wins, writes) = pg_stampede(&base, &event, &state).await;
+            println!("\n1,000 simultaneous holds on one seat: {wins} winner, {writes} database write(s)");
+            db.drop_now().await;
+        }
     });
 }
