@@ -82,13 +82,11 @@ impl Application {
             urls => Arc::new(
                 RedisSeatLocks::connect(urls, &config.redis_prefix, Duration::from_millis(config.redis_retry_after_ms))
                     .await
-                    .context("connecting to Redis (BOXOFFICE_REDIS_URL)")?,
+                    .context("BOXOFFICE_REDIS_URL")?,
             ),
         };
         let bus = match config.redis_urls().first() {
-            Some(url) => {
-                Some(RedisBus::connect(url, &config.redis_prefix).await.context("connecting to Redis pub/sub")?)
-            }
+            Some(url) => Some(RedisBus::new(url, &config.redis_prefix).context("BOXOFFICE_REDIS_URL")?),
             None => None,
         };
         let catalog = Arc::new(CatalogCache::new(store.clone(), bus.clone()));

@@ -178,23 +178,27 @@ impl CatalogCache {
 #[derive(Clone)]
 pub struct RedisBus {
     client: redis::Client,
-    publisher: redis::aio::ConnectionManager,
+    /// Made on first use, so a node starts while Redis is down.
+    publisher: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
     channel: String,
 }
 
 impl RedisBus {
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<RedisBus> {
+    /// A bad URL is an error; an unreachable Redis is not (see `publish`).
+    pub fn new(url: &str, prefix: &str) -> anyhow::Result<RedisBus> {
         let client = redis::Client::open(url)?;
-        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
-        Ok(RedisBus { client, publisher, channel: format!("{prefix}catalog") })
+        Ok(RedisBus { client, publisher: Default::default(), channel: format!("{prefix}catalog") })
     }
 
     async fn publish(&self, change: &CatalogChange) {
-        let mut c = self.publisher.clone();
-        let sent = tokio::time::timeout(
-            Duration::from_millis(500),
-            redis::cmd("PUBLISH").arg(&self.channel).arg(change.encode()).query_async::<i64>(&mut c),
-        )
+        let sent = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut c = self
+                .publisher
+                .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+                .await?
+                .clone();
+            redis::cmd("PUBLISH").arg(&self.channel).arg(change.encode()).query_async::<i64>(&mut c).await
+        })
         .await;
         if !matches!(sent, Ok(Ok(_))) {
             // Other nodes catch up within the TTLs.

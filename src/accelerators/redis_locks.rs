@@ -60,8 +60,32 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// How to (re)connect; the connection itself is made on first use, so a
+/// node starts (degraded) even while Redis is down.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Target {
+    async fn connect(&self) -> RedisResult<Conn> {
+        match self {
+            Target::Single(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(CALL_TIMEOUT)
+                    .set_response_timeout(CALL_TIMEOUT)
+                    .set_number_of_retries(1);
+                Ok(Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?))
+            }
+            Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+}
+
 pub struct RedisSeatLocks {
-    conn: Conn,
+    target: Target,
+    conn: tokio::sync::OnceCell<Conn>,
     prefix: String,
     try_lock: Script,
     set: Script,
@@ -76,37 +100,53 @@ fn wall_ms() -> i64 {
 }
 
 impl RedisSeatLocks {
-    /// Connects to one Redis (`redis://…`) or, with several URLs, to a
-    /// Redis Cluster. `prefix` namespaces every key (tests use their own).
+    /// Prepares a client for one Redis (`redis://…`) or, with several URLs,
+    /// a Redis Cluster, and tries to connect. A bad URL is an error; an
+    /// unreachable Redis is not: the node starts degraded and connects once
+    /// Redis answers. `prefix` namespaces every key (tests use their own).
     /// After a failure Redis is skipped for `degraded_for`.
     pub async fn connect(urls: &[String], prefix: &str, degraded_for: Duration) -> anyhow::Result<RedisSeatLocks> {
-        let conn = match urls {
+        let target = match urls {
             [] => anyhow::bail!("no Redis URL"),
-            [one] => {
-                let client = redis::Client::open(one.as_str())?;
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(CALL_TIMEOUT)
-                    .set_response_timeout(CALL_TIMEOUT)
-                    .set_number_of_retries(1);
-                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
-            }
-            many => {
-                let client = redis::cluster::ClusterClientBuilder::new(many.to_vec())
+            [one] => Target::Single(redis::Client::open(one.as_str())?),
+            many => Target::Cluster(
+                redis::cluster::ClusterClientBuilder::new(many.to_vec())
                     .connection_timeout(CALL_TIMEOUT)
                     .response_timeout(CALL_TIMEOUT)
-                    .build()?;
-                Conn::Cluster(client.get_async_connection().await?)
-            }
+                    .build()?,
+            ),
         };
-        Ok(RedisSeatLocks {
-            conn,
+        let locks = RedisSeatLocks {
+            target,
+            conn: tokio::sync::OnceCell::new(),
             prefix: prefix.to_owned(),
             try_lock: Script::new(TRY_LOCK),
             set: Script::new(SET),
             release: Script::new(RELEASE),
             degraded_until: AtomicI64::new(0),
             degraded_for,
-        })
+        };
+        if let Err(e) = locks.connection().await {
+            locks.mark_degraded(&e);
+        }
+        Ok(locks)
+    }
+
+    /// The shared connection, made on first success.
+    async fn connection(&self) -> anyhow::Result<Conn> {
+        let conn = tokio::time::timeout(CALL_TIMEOUT * 4, self.conn.get_or_try_init(|| self.target.connect()))
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to Redis timed out"))??;
+        Ok(conn.clone())
+    }
+
+    fn mark_degraded(&self, e: &anyhow::Error) {
+        let until = wall_ms() + (self.degraded_for.as_millis() as i64).max(1);
+        if self.degraded_until.swap(until, Ordering::Relaxed) == 0 {
+            tracing::warn!(error = %e, "Redis failed; selling from the database alone until it answers");
+        }
+        metrics::gauge!("boxoffice_redis_degraded").set(1.0);
+        metrics::counter!("boxoffice_redis_errors_total").increment(1);
     }
 
     fn key(&self, event: &EventId, seat: &SeatId) -> String {
@@ -122,17 +162,22 @@ impl RedisSeatLocks {
             inv.key(k);
         }
         inv.arg(owner).arg(ttl_ms.max(1));
-        let call = async {
-            let r: RedisResult<Value> = match self.conn.clone() {
-                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-            };
-            r
-        };
-        let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(anyhow::Error::new(e)),
-            Err(_) => Err(anyhow::anyhow!("Redis did not answer within {CALL_TIMEOUT:?}")),
+        let outcome = match self.connection().await {
+            Err(e) => Err(e),
+            Ok(conn) => {
+                let call = async {
+                    let r: RedisResult<Value> = match conn {
+                        Conn::Single(mut c) => inv.invoke_async(&mut c).await,
+                        Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+                    };
+                    r
+                };
+                match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e)),
+                    Err(_) => Err(anyhow::anyhow!("Redis did not answer within {CALL_TIMEOUT:?}")),
+                }
+            }
         };
         match &outcome {
             Ok(_) => {
@@ -141,14 +186,7 @@ impl RedisSeatLocks {
                 }
                 metrics::gauge!("boxoffice_redis_degraded").set(0.0);
             }
-            Err(e) => {
-                let until = wall_ms() + (self.degraded_for.as_millis() as i64).max(1);
-                if self.degraded_until.swap(until, Ordering::Relaxed) == 0 {
-                    tracing::warn!(error = %e, "Redis failed; selling from the database alone until it answers");
-                }
-                metrics::gauge!("boxoffice_redis_degraded").set(1.0);
-                metrics::counter!("boxoffice_redis_errors_total").increment(1);
-            }
+            Err(e) => self.mark_degraded(e),
         }
         outcome
     }

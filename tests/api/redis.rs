@@ -225,3 +225,25 @@ async fn restarting_redis_mid_race_never_double_sells() {
         assert_eq!(statuses[&s] == "held", owner.contains_key(&s), "seat {s} agrees with the winners");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_starts_and_sells_while_redis_is_down_then_uses_it_when_it_returns() {
+    let mut redis = OwnRedis::start();
+    redis.stop();
+    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis.url()) }).await);
+    let event = app.demo_event(json!({})).await;
+    assert_eq!(app.get("/readyz", None).await.body["checks"]["seat_locks"]["status"], "degraded");
+    assert_eq!(race_for_a7(&app, &event, 100).await, 1);
+
+    redis.restart();
+    let fan = app.customer("later@example.com").await;
+    let mut back = false;
+    for seat in ["C1", "C2", "C3", "C4", "C5"] {
+        assert_eq!(app.hold(&fan, &event, json!({"seats": [seat]})).await.status, StatusCode::CREATED);
+        if app.get("/readyz", None).await.body["checks"]["seat_locks"]["status"] == "ok" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the node connected to Redis once it came up");
+}
