@@ -125,7 +125,7 @@ pub mod cases {
             .create_session(NewSession { customer: c.clone(), token_hash: token, created_at: T0, expires_at: at(60) })
             .await
             .unwrap();
-        assert_eq!(store.session_customer(token, at(59)).await.unwrap(), Some(c));
+        assert_eq!(store.session_customer(token, at(59)).await.unwrap(), Some((c, at(60))));
         assert_eq!(store.session_customer(token, at(60)).await.unwrap(), None);
         assert_eq!(store.session_customer(TokenHash::of("other"), T0).await.unwrap(), None);
     }
@@ -297,6 +297,31 @@ pub mod cases {
         assert!(hold(store, &e, &b, seats(&["E1", "E2"]), T0).await.is_ok());
     }
 
+    pub async fn releasing_a_lapsed_ga_hold_again_and_again_frees_its_places_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10, "max_tickets_per_customer": 100})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let floor = || Selection::Ga { area: AreaId::parse("floor").unwrap(), count: 50 };
+        let lapsing = hold(store, &e, &a, floor(), T0).await.unwrap();
+        // b holds 50 places that stay live.
+        hold(store, &e, &b, floor(), at(5)).await.unwrap();
+        assert_eq!(store.expire_holds(at(10), 100).await.unwrap().len(), 1);
+        for _ in 0..3 {
+            assert!(matches!(
+                store.release_hold(&lapsing.id, &a.id, at(11)).await.unwrap(),
+                ReleaseOutcome::AlreadyEnded(_)
+            ));
+        }
+        let map = store.seat_map_state(&e.id, at(11)).await.unwrap().unwrap();
+        assert_eq!(map.ga_areas[0].available, 450, "b's 50 places are still held");
+        // The same without the sweeper: a lapsed hold released twice.
+        let again = hold(store, &e, &a, floor(), at(11)).await.unwrap();
+        for _ in 0..2 {
+            store.release_hold(&again.id, &a.id, at(30)).await.unwrap();
+        }
+        let map = store.seat_map_state(&e.id, at(30)).await.unwrap().unwrap();
+        assert_eq!(map.ga_areas[0].available, 500, "b's hold lapsed too; each hold freed its places once");
+    }
+
     pub async fn concurrent_sweeps_end_each_hold_once(store: &DynStore) {
         let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10, "max_tickets_per_customer": 100})).await;
         let a = customer(store, "a@example.com").await;
@@ -412,6 +437,7 @@ macro_rules! all_cases {
             best_available_never_hands_out_a_seat_twice,
             release_is_owner_only_and_repeatable,
             concurrent_sweeps_end_each_hold_once,
+            releasing_a_lapsed_ga_hold_again_and_again_frees_its_places_once,
             event_updates_are_version_checked,
             holds_outside_the_sale_window_are_refused,
             search_pages_in_start_order_with_filters,

@@ -36,8 +36,9 @@ pub struct GaChange {
     pub area: AreaId,
 }
 
-/// Fan-out of seat changes per event, in process. A scale-out deployment
-/// relays Redis pub/sub into the same channels.
+/// Fan-out of seat changes per event, in process: a subscriber sees the
+/// changes made through its own node (a cross-node relay is not built yet;
+/// see ARCHITECTURE.md, known gaps).
 #[derive(Default)]
 pub struct SeatFeed {
     channels: RwLock<HashMap<EventId, broadcast::Sender<SeatChange>>>,

@@ -87,12 +87,18 @@ impl FromRequestParts<AppState> for CurrentCustomer {
             return Err(ApiError::unauthorized("unknown or expired session token"));
         }
         let hash = TokenHash::of(token);
-        if let Some(c) = state.sessions.get(&hash) {
-            return Ok(CurrentCustomer(c));
+        let now = state.clock.now();
+        // The cache keeps each session's own expiry, so a cached session
+        // ends exactly when the stored one does.
+        if let Some((c, expires_at)) = state.sessions.get(&hash) {
+            if now < expires_at {
+                return Ok(CurrentCustomer(c));
+            }
+            state.sessions.invalidate(&hash);
         }
-        match state.store.session_customer(hash, state.clock.now()).await? {
-            Some(c) => {
-                state.sessions.insert(hash, c.clone());
+        match state.store.session_customer(hash, now).await? {
+            Some((c, expires_at)) => {
+                state.sessions.insert(hash, (c.clone(), expires_at));
                 Ok(CurrentCustomer(c))
             }
             None => Err(ApiError::unauthorized("unknown or expired session token")),

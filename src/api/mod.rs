@@ -18,7 +18,7 @@ use utoipa::OpenApi;
 use crate::accelerators::CatalogCache;
 use crate::booking::BookingService;
 use crate::domain::customer::TokenHash;
-use crate::domain::time::Clock;
+use crate::domain::time::{Clock, Timestamp};
 use crate::store::{Customer, DynStore};
 
 pub mod catalog;
@@ -41,7 +41,7 @@ pub struct AppState {
     pub admin_token_hash: TokenHash,
     pub session_ttl: Duration,
     /// Token → customer, so a hot path does not read the database per request.
-    pub sessions: moka::sync::Cache<TokenHash, Customer>,
+    pub sessions: moka::sync::Cache<TokenHash, (Customer, Timestamp)>,
     /// Catalog caches (events, venues, search, availability).
     pub catalog: Arc<CatalogCache>,
     pub metrics: Option<PrometheusHandle>,

@@ -196,7 +196,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
     async fn create_session(&self, s: NewSession) -> StoreResult<()>;
-    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<Customer>>;
+    /// The customer a live session token belongs to, and when it expires.
+    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<(Customer, Timestamp)>>;
 
     async fn insert_venue(&self, v: &Venue, now: Timestamp) -> StoreResult<()>;
     async fn venue(&self, id: &VenueId) -> StoreResult<Option<Venue>>;

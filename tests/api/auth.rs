@@ -67,3 +67,15 @@ async fn customers_cannot_call_admin_endpoints() {
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.body["prices"]["standard"], 1800);
 }
+
+#[tokio::test]
+async fn a_session_stops_working_when_it_expires_even_if_cached() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({"hold_ttl_seconds": 60})).await;
+    let fan = app.customer("fan@example.com").await;
+    let h = app.hold(&fan, &event, json!({"seats": ["F1"]})).await.id();
+    assert_eq!(app.get(&format!("/v1/holds/{h}"), Some(&fan)).await.status, StatusCode::OK);
+    // Sessions last 30 days by default.
+    app.clock.advance(std::time::Duration::from_secs(30 * 24 * 3600));
+    app.get(&format!("/v1/holds/{h}"), Some(&fan)).await.assert_problem(401, "unauthorized");
+}

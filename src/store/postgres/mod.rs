@@ -11,8 +11,9 @@
 //!
 //! * Pools have an acquire timeout, and every statement a server-side
 //!   `statement_timeout`.
-//! * Multi-seat updates lock rows in seat-id order (the primary-key scan
-//!   of a sorted array), and deadlock or serialization failures are retried.
+//! * Multi-seat updates first lock their rows in seat-id order
+//!   (`ORDER BY seat_id FOR UPDATE`), and deadlock or serialization
+//!   failures are retried.
 //! * The purchase limit takes a transaction-scoped advisory lock per
 //!   (buyer, event), so two concurrent holds of one buyer are counted in turn.
 
@@ -44,7 +45,10 @@ use crate::domain::venue::Venue;
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
 /// Serialises migrations across nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x626f_786f_6666_6963; // "boxoffic"
+/// How many of the best-placed free seats best-available chooses from.
 const BEST_AVAILABLE_CANDIDATES: i64 = 4000;
+/// Re-picks within one transaction when picked seats were taken meanwhile.
+const PICK_ROUNDS: usize = 16;
 /// Attempts for a hold that hit a deadlock, a serialization failure or a
 /// best-available race.
 const HOLD_ATTEMPTS: u32 = 6;
@@ -169,8 +173,9 @@ fn classify(e: anyhow::Error) -> StoreError {
     }
     match db_code(&e).as_deref() {
         Some("23505") => StoreError::Duplicate(format!("{e:#}")),
-        // statement timeout, too many connections, shutting down
-        Some("57014" | "53300" | "57P01" | "57P03") => StoreError::Unavailable(e),
+        // statement timeout, too many connections, shutting down, and a
+        // deadlock or serialization failure that outlived its retries
+        Some("57014" | "53300" | "57P01" | "57P03" | "40P01" | "40001") => StoreError::Unavailable(e),
         _ => StoreError::Internal(e),
     }
 }
@@ -240,10 +245,22 @@ async fn load_event(tx: &mut Tx, id: &str) -> anyhow::Result<Option<Event>> {
 
 fn ids(seats: &[SeatId]) -> Vec<String> {
     let mut v: Vec<String> = seats.iter().map(|s| s.to_string()).collect();
-    // One lock order for every multi-seat update: no deadlock between two
-    // holds that overlap.
     v.sort();
     v
+}
+
+/// Locks the rows of several seats in seat-id order first, so two
+/// transactions touching overlapping seat sets always wait for each other in
+/// the same order and cannot deadlock. One seat needs no ordering.
+async fn lock_in_order(tx: &mut Tx, event_id: &str, wanted: &[String]) -> anyhow::Result<()> {
+    if wanted.len() > 1 {
+        sqlx::query("SELECT 1 FROM seats WHERE event_id = $1 AND seat_id = ANY($2) ORDER BY seat_id FOR UPDATE")
+            .bind(event_id)
+            .bind(wanted)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The conditional UPDATE that takes seats; all or nothing is decided by
@@ -257,6 +274,7 @@ async fn take_seats(
     now: Timestamp,
 ) -> anyhow::Result<Result<Vec<Category>, HoldRejection>> {
     let wanted = ids(seats);
+    lock_in_order(tx, event_id, &wanted).await?;
     let taken: Vec<(String, String)> = sqlx::query_as(
         "UPDATE seats SET status = 'held', hold_id = $1, hold_expires_at = $2, version = version + 1 \
          WHERE event_id = $3 AND seat_id = ANY($4) \
@@ -300,13 +318,15 @@ async fn release_inventory(
     seats: &[SeatId],
     ga: Option<&GaSelection>,
 ) -> anyhow::Result<Vec<SeatId>> {
+    let wanted = ids(seats);
+    lock_in_order(tx, event_id, &wanted).await?;
     let freed: Vec<String> = sqlx::query_scalar(
         "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
          WHERE event_id = $2 AND seat_id = ANY($3) AND hold_id = $1 AND status = 'held' RETURNING seat_id",
     )
     .bind(hold_id)
     .bind(event_id)
-    .bind(ids(seats))
+    .bind(&wanted)
     .fetch_all(&mut **tx)
     .await?;
     if let Some(g) = ga {
@@ -376,6 +396,7 @@ async fn take_ga(
     }))
 }
 
+/// The best-placed free seats, as of this statement (not locked).
 async fn free_seats(
     tx: &mut Tx,
     event_id: &str,
@@ -407,6 +428,45 @@ async fn free_seats(
             })
         })
         .collect()
+}
+
+/// Best-available without queueing: pick from a snapshot of free seats,
+/// then lock the picked rows with `FOR UPDATE SKIP LOCKED` (re-checking
+/// they are still free). Seats another pick has locked, or that were taken
+/// meanwhile, are dropped from the candidates and the pick is made again.
+/// Concurrent picks thus spread over different seats instead of waiting on
+/// one another; the caller's conditional UPDATE remains the fence.
+async fn pick_and_lock(
+    tx: &mut Tx,
+    event_id: &str,
+    count: u32,
+    category: Option<&Category>,
+    order: &[Category],
+    now: Timestamp,
+) -> anyhow::Result<Option<Vec<SeatId>>> {
+    let mut free = free_seats(tx, event_id, category, now).await?;
+    for _ in 0..PICK_ROUNDS {
+        let Some(picked) = pick_best(&free, count as usize, order) else { return Ok(None) };
+        let wanted = ids(&picked);
+        let locked: HashSet<String> = sqlx::query_scalar(
+            "SELECT seat_id FROM seats WHERE event_id = $1 AND seat_id = ANY($2) \
+               AND (status = 'available' OR (status = 'held' AND hold_expires_at <= $3)) \
+             ORDER BY seat_id FOR UPDATE SKIP LOCKED",
+        )
+        .bind(event_id)
+        .bind(&wanted)
+        .bind(now.as_millis())
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        if locked.len() == picked.len() {
+            return Ok(Some(picked));
+        }
+        let lost: HashSet<&str> = wanted.iter().map(String::as_str).filter(|s| !locked.contains(*s)).collect();
+        free.retain(|s| !lost.contains(s.id.as_str()));
+    }
+    Err(Retry.into())
 }
 
 /// One attempt at a hold. `Ok(Err(_))` is a refusal (nothing written);
@@ -455,19 +515,15 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
                 Some(c) => return Ok(Err(HoldRejection::InvalidSeats(vec![c.to_string()]))),
                 None => event.categories_best_first(),
             };
-            // Best-available picks for one event take turns, so two picks
-            // do not keep choosing the same block.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(format!("best|{}", p.event_id))
-                .execute(&mut *tx)
-                .await?;
-            let free = free_seats(&mut tx, p.event_id.as_str(), category.as_ref(), p.now).await?;
-            let Some(picked) = pick_best(&free, *count as usize, &order) else {
+            let Some(picked) =
+                pick_and_lock(&mut tx, p.event_id.as_str(), *count, category.as_ref(), &order, p.now).await?
+            else {
                 return Ok(Err(HoldRejection::Unavailable(vec![])));
             };
             match take_seats(&mut tx, p.event_id.as_str(), &picked, p.hold_id.as_str(), expires_at, p.now).await? {
                 Ok(cats) => (picked, None, cats),
-                // An explicit-seat hold took one of them in between.
+                // The rows are locked by us; losing one means a bug, but
+                // a retry is still the safe answer.
                 Err(_) => return Err(Retry.into()),
             }
         }
@@ -594,9 +650,9 @@ impl Store for PgStore {
         .map_err(classify)
     }
 
-    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<Customer>> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT c.id, c.email FROM sessions s JOIN customers c ON c.id = s.customer_id \
+    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<(Customer, Timestamp)>> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT c.id, c.email, s.expires_at FROM sessions s JOIN customers c ON c.id = s.customer_id \
              WHERE s.token_hash = $1 AND s.expires_at > $2",
         )
         .bind(&token.0[..])
@@ -604,7 +660,12 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(err)?;
-        Ok(row.map(|(id, email)| Customer { id: CustomerId::from_trusted(id), email: Email::from_trusted(email) }))
+        Ok(row.map(|(id, email, expires)| {
+            (
+                Customer { id: CustomerId::from_trusted(id), email: Email::from_trusted(email) },
+                Timestamp::from_millis(expires),
+            )
+        }))
     }
 
     async fn insert_venue(&self, v: &Venue, now: Timestamp) -> StoreResult<()> {
@@ -622,9 +683,12 @@ impl Store for PgStore {
     }
 
     async fn venue(&self, id: &VenueId) -> StoreResult<Option<Venue>> {
+        // The primary: event creation reads the venue it was just given,
+        // which a lagging replica may not have yet. The catalog cache keeps
+        // this off the hot path.
         let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM venues WHERE id = $1")
             .bind(id.as_str())
-            .fetch_optional(self.replica())
+            .fetch_optional(&self.pool)
             .await
             .map_err(err)?;
         doc.map(|d| serde_json::from_str::<Venue>(&d).context("decoding stored venue")).transpose().map_err(err)
@@ -884,20 +948,28 @@ impl Store for PgStore {
             let outcome = match hold.effective_status(now) {
                 HoldStatus::Checkout => ReleaseOutcome::InCheckout(hold),
                 HoldStatus::Released => ReleaseOutcome::AlreadyEnded(hold),
+                // Stored as `expired`: the sweeper or a lazy GA reclaim
+                // already gave its inventory back.
+                HoldStatus::Expired if hold.status == HoldStatus::Expired => ReleaseOutcome::AlreadyEnded(hold),
                 status @ (HoldStatus::Held | HoldStatus::Expired) => {
                     let new = if status == HoldStatus::Held { "released" } else { "expired" };
-                    sqlx::query(
+                    // Gate: only the transaction that moves the hold out of
+                    // `held` gives its inventory back.
+                    let moved = sqlx::query(
                         "UPDATE holds SET status = $2, version = version + 1 WHERE id = $1 AND status = 'held'",
                     )
                     .bind(id.as_str())
                     .bind(new)
                     .execute(&mut *tx)
-                    .await?;
-                    release_inventory(&mut tx, id.as_str(), hold.event_id.as_str(), &hold.seats, hold.ga.as_ref())
-                        .await?;
+                    .await?
+                    .rows_affected();
+                    if moved == 1 {
+                        release_inventory(&mut tx, id.as_str(), hold.event_id.as_str(), &hold.seats, hold.ga.as_ref())
+                            .await?;
+                    }
                     let ended =
                         Hold { status: HoldStatus::parse(new).unwrap_or(status), version: hold.version + 1, ..hold };
-                    if status == HoldStatus::Held {
+                    if status == HoldStatus::Held && moved == 1 {
                         ReleaseOutcome::Released(ended)
                     } else {
                         ReleaseOutcome::AlreadyEnded(ended)

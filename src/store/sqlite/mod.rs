@@ -147,6 +147,9 @@ impl SqliteStore {
 /// Maps SQLite's own errors onto the store's: busy means unavailable,
 /// a unique violation means duplicate.
 fn classify(e: anyhow::Error) -> StoreError {
+    if let Some(w) = e.downcast_ref::<writer::WriteFailed>() {
+        return if w.transient() { StoreError::Unavailable(e) } else { StoreError::Internal(e) };
+    }
     if let Some(se) = e.downcast_ref::<StoreError>() {
         return match se {
             StoreError::Conflict => StoreError::Conflict,
@@ -611,14 +614,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<Customer>> {
+    async fn session_customer(&self, token: TokenHash, now: Timestamp) -> StoreResult<Option<(Customer, Timestamp)>> {
         self.read(move |c| {
             Ok(c.prepare_cached(
-                "SELECT c.id, c.email FROM sessions s JOIN customers c ON c.id = s.customer_id \
+                "SELECT c.id, c.email, s.expires_at FROM sessions s JOIN customers c ON c.id = s.customer_id \
                  WHERE s.token_hash = ?1 AND s.expires_at > ?2",
             )?
             .query_row(params![&token.0[..], now.as_millis()], |r| {
-                Ok(Customer { id: CustomerId::from_trusted(r.get(0)?), email: Email::from_trusted(r.get(1)?) })
+                let customer =
+                    Customer { id: CustomerId::from_trusted(r.get(0)?), email: Email::from_trusted(r.get(1)?) };
+                Ok((customer, ts(r, 2)?))
             })
             .optional()?)
         })

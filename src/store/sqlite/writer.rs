@@ -45,6 +45,34 @@ pub(super) enum Durability {
     Crash,
 }
 
+/// Why a write did not happen, in a form the store maps to a status:
+/// transient failures become 503, anything else 500.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteFailed {
+    /// The batch's transaction could not start or broke before this job ran.
+    #[error("the SQLite write transaction failed before this write ran")]
+    NotRun,
+    #[error("commit failed: {message}")]
+    Commit { message: String, busy: bool },
+}
+
+impl WriteFailed {
+    pub(super) fn transient(&self) -> bool {
+        matches!(self, WriteFailed::NotRun | WriteFailed::Commit { busy: true, .. })
+    }
+
+    fn commit(e: &anyhow::Error) -> WriteFailed {
+        let busy = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<rusqlite::Error>(),
+                Some(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        });
+        WriteFailed::Commit { message: format!("{e:#}"), busy }
+    }
+}
+
 type Finisher = Box<dyn FnOnce(Result<(), Arc<anyhow::Error>>) + Send>;
 type Work = Box<dyn FnOnce(&Connection) -> (Keep, Finisher) + Send>;
 
@@ -85,7 +113,7 @@ impl Writer {
                 Ok((value, keep)) => (
                     keep,
                     Box::new(move |committed: Result<(), Arc<anyhow::Error>>| {
-                        let _ = reply.send(committed.map(|()| value).map_err(|e| anyhow!("commit failed: {e:#}")));
+                        let _ = reply.send(committed.map(|()| value).map_err(|e| WriteFailed::commit(&e).into()));
                     }),
                 ),
                 Err(e) => (
@@ -97,7 +125,7 @@ impl Writer {
             }
         });
         self.tx.send(Job { durability, run }).await.map_err(|_| anyhow!("the SQLite writer has stopped"))?;
-        answer.await.map_err(|_| anyhow!("the SQLite write transaction failed before this write ran"))?
+        answer.await.map_err(|_| WriteFailed::NotRun)?
     }
 }
 
@@ -173,5 +201,26 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
     }
     for finish in finishers {
         finish(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_commit_is_transient_and_other_failures_are_not() {
+        let busy = anyhow::Error::new(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        ))
+        .context("COMMIT");
+        assert!(WriteFailed::commit(&busy).transient());
+        let full = anyhow::Error::new(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        ));
+        assert!(!WriteFailed::commit(&full).transient());
+        assert!(WriteFailed::NotRun.transient());
     }
 }
