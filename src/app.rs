@@ -14,7 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatLocks};
+use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
 use crate::api::{self, AppState, HttpLimits};
 use crate::booking::BookingService;
 use crate::config::{Config, Database};
@@ -90,7 +90,11 @@ impl Application {
             None => None,
         };
         let catalog = Arc::new(CatalogCache::new(store.clone(), bus.clone()));
-        let booking = BookingService::new(store, locks, clock);
+        let feed = match &bus {
+            Some(bus) => SeatFeed::relayed(bus.clone()),
+            None => Arc::new(SeatFeed::new()),
+        };
+        let booking = BookingService::with_feed(store, locks, clock, feed);
         let state = AppState::new(
             booking,
             catalog,
@@ -134,10 +138,11 @@ impl Application {
     /// and stops the background jobs.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let listener = self
-            .bus
-            .clone()
-            .map(|bus| tokio::spawn(bus.listen(self.state.catalog.clone(), self.state.clock.clone(), stop.clone())));
+        let listener = self.bus.clone().map(|bus| {
+            let (catalog, feed, clock) =
+                (self.state.catalog.clone(), self.state.booking.feed().clone(), self.state.clock.clone());
+            tokio::spawn(bus.listen(catalog, feed, clock, stop.clone()))
+        });
         let jobs = match self.role {
             Role::All | Role::Worker => {
                 Some(tokio::spawn(sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone())))

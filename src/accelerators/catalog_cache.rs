@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use moka::sync::Cache;
 
+use super::seat_feed::{SeatChange, SeatFeed};
 use crate::domain::event::Event;
 use crate::domain::ids::{EventId, VenueId};
 use crate::domain::time::Timestamp;
@@ -181,28 +182,55 @@ pub struct RedisBus {
     /// Made on first use, so a node starts while Redis is down.
     publisher: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
     channel: String,
+    seats_channel: String,
+}
+
+/// A seat change on the wire between nodes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SeatMessage {
+    event: EventId,
+    change: SeatChange,
 }
 
 impl RedisBus {
     /// A bad URL is an error; an unreachable Redis is not (see `publish`).
     pub fn new(url: &str, prefix: &str) -> anyhow::Result<RedisBus> {
         let client = redis::Client::open(url)?;
-        Ok(RedisBus { client, publisher: Default::default(), channel: format!("{prefix}catalog") })
+        Ok(RedisBus {
+            client,
+            publisher: Default::default(),
+            channel: format!("{prefix}catalog"),
+            seats_channel: format!("{prefix}seats"),
+        })
     }
 
-    async fn publish(&self, change: &CatalogChange) {
+    /// Publishes one message; false if Redis did not take it in time.
+    async fn send(&self, channel: &str, payload: String) -> bool {
         let sent = tokio::time::timeout(Duration::from_millis(500), async {
             let mut c = self
                 .publisher
                 .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
                 .await?
                 .clone();
-            redis::cmd("PUBLISH").arg(&self.channel).arg(change.encode()).query_async::<i64>(&mut c).await
+            redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<i64>(&mut c).await
         })
         .await;
-        if !matches!(sent, Ok(Ok(_))) {
+        matches!(sent, Ok(Ok(_)))
+    }
+
+    async fn publish(&self, change: &CatalogChange) {
+        if !self.send(&self.channel, change.encode()).await {
             // Other nodes catch up within the TTLs.
             tracing::warn!(?change, "could not publish a catalog change; other nodes rely on TTLs");
+        }
+    }
+
+    /// Sends a seat change to every node's seat feed.
+    pub async fn publish_seats(&self, event: &EventId, change: &SeatChange) -> bool {
+        let msg = SeatMessage { event: event.clone(), change: change.clone() };
+        match serde_json::to_string(&msg) {
+            Ok(payload) => self.send(&self.seats_channel, payload).await,
+            Err(_) => false,
         }
     }
 
@@ -212,6 +240,7 @@ impl RedisBus {
     pub async fn listen(
         self,
         cache: Arc<CatalogCache>,
+        feed: Arc<SeatFeed>,
         clock: Arc<dyn crate::domain::time::Clock>,
         stop: tokio_util::sync::CancellationToken,
     ) {
@@ -219,11 +248,16 @@ impl RedisBus {
             let session = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
                 pubsub.subscribe(&self.channel).await?;
+                pubsub.subscribe(&self.seats_channel).await?;
                 cache.clear();
                 let mut messages = pubsub.on_message();
                 while let Some(msg) = messages.next().await {
                     let payload: String = msg.get_payload()?;
-                    if let Some(change) = CatalogChange::decode(&payload) {
+                    if msg.get_channel_name() == self.seats_channel {
+                        if let Ok(m) = serde_json::from_str::<SeatMessage>(&payload) {
+                            feed.deliver(&m.event, m.change);
+                        }
+                    } else if let Some(change) = CatalogChange::decode(&payload) {
                         cache.apply(&change, clock.now()).await;
                     }
                 }

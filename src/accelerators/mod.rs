@@ -11,5 +11,5 @@ pub mod seat_locks;
 
 pub use catalog_cache::{CatalogCache, CatalogChange, RedisBus};
 pub use redis_locks::RedisSeatLocks;
-pub use seat_feed::{GaChange, SeatChange, SeatFeed};
+pub use seat_feed::{ChangeStatus, GaChange, SeatChange, SeatFeed};
 pub use seat_locks::{InProcessSeatLocks, LockOutcome, LockStatus, SeatLocks};

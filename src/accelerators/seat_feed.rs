@@ -6,24 +6,39 @@
 //! snapshot, so a lost message costs a refresh, never a wrong seat map.
 //! Lapsed holds are published when the sweeper ends them, up to one sweep
 //! period after the seats actually became available.
+//!
+//! With Redis configured, changes travel through the Redis channel
+//! `<prefix>seats` to every node (this one included), so a fan sees holds
+//! made through any node; one relay task per node keeps them in order. If
+//! Redis cannot take a change, it is delivered on this node alone.
 
 use std::collections::HashMap;
 
 use parking_lot::RwLock;
-use serde::Serialize;
-use tokio::sync::broadcast;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 
+use super::catalog_cache::RedisBus;
 use crate::domain::ids::{AreaId, EventId, SeatId};
 
 /// Messages buffered per event before a slow subscriber lags.
 const BUFFER: usize = 1024;
+/// Changes waiting for the relay before they are delivered locally only.
+const RELAY_QUEUE: usize = 10_000;
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeStatus {
+    Available,
+    Held,
+    Sold,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SeatChange {
     /// The seats whose status changed, all to `status`.
     pub seats: Vec<SeatId>,
-    /// `available`, `held` or `sold`.
-    pub status: &'static str,
+    pub status: ChangeStatus,
     /// A GA area whose free places changed. The stream answers it with a
     /// fresh count from the store (at most once a second), since lapsed
     /// GA holds free places without any change being published.
@@ -31,26 +46,62 @@ pub struct SeatChange {
     pub ga: Option<GaChange>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GaChange {
     pub area: AreaId,
 }
 
-/// Fan-out of seat changes per event, in process: a subscriber sees the
-/// changes made through its own node (a cross-node relay is not built yet;
-/// see ARCHITECTURE.md, known gaps).
+/// Fan-out of seat changes per event.
 #[derive(Default)]
 pub struct SeatFeed {
     channels: RwLock<HashMap<EventId, broadcast::Sender<SeatChange>>>,
+    relay: Option<mpsc::Sender<(EventId, SeatChange)>>,
 }
 
 impl SeatFeed {
+    /// A feed for this node alone.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sends to current subscribers; with none, the change is dropped.
+    /// A feed whose changes go through Redis to every node. Spawns the
+    /// relay task; the node's bus listener delivers what comes back.
+    pub fn relayed(bus: RedisBus) -> std::sync::Arc<Self> {
+        let (tx, mut rx) = mpsc::channel::<(EventId, SeatChange)>(RELAY_QUEUE);
+        let feed = std::sync::Arc::new(SeatFeed { channels: Default::default(), relay: Some(tx) });
+        let weak = std::sync::Arc::downgrade(&feed);
+        tokio::spawn(async move {
+            while let Some((event, change)) = rx.recv().await {
+                if !bus.publish_seats(&event, &change).await {
+                    match weak.upgrade() {
+                        Some(feed) => feed.deliver(&event, change),
+                        None => return,
+                    }
+                }
+            }
+        });
+        feed
+    }
+
+    /// Publishes a committed change to every subscriber of the event.
     pub fn publish(&self, event: &EventId, change: SeatChange) {
+        match &self.relay {
+            None => self.deliver(event, change),
+            Some(relay) => {
+                if let Err(
+                    mpsc::error::TrySendError::Full((event, change))
+                    | mpsc::error::TrySendError::Closed((event, change)),
+                ) = relay.try_send((event.clone(), change))
+                {
+                    tracing::warn!("seat-change relay is backed up; delivering on this node only");
+                    self.deliver(&event, change);
+                }
+            }
+        }
+    }
+
+    /// Sends to this node's current subscribers; with none, it is dropped.
+    pub fn deliver(&self, event: &EventId, change: SeatChange) {
         let sender = self.channels.read().get(event).cloned();
         if let Some(tx) = sender {
             if tx.send(change).is_err() {
@@ -80,7 +131,7 @@ mod tests {
         let feed = SeatFeed::new();
         let (a, b) = (EventId::generate(), EventId::generate());
         let mut rx = feed.subscribe(&a);
-        let change = SeatChange { seats: vec![SeatId::parse("A1").unwrap()], status: "held", ga: None };
+        let change = SeatChange { seats: vec![SeatId::parse("A1").unwrap()], status: ChangeStatus::Held, ga: None };
         feed.publish(&b, change.clone());
         feed.publish(&a, change.clone());
         assert_eq!(rx.recv().await.unwrap(), change);

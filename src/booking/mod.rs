@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accelerators::{GaChange, LockOutcome, SeatChange, SeatFeed, SeatLocks};
+use crate::accelerators::{ChangeStatus, GaChange, LockOutcome, SeatChange, SeatFeed, SeatLocks};
 use crate::domain::hold::{Hold, Selection};
 use crate::domain::ids::{EventId, HoldId, SeatId};
 use crate::domain::time::Clock;
@@ -46,7 +46,12 @@ pub struct BookingService {
 
 impl BookingService {
     pub fn new(store: DynStore, locks: Arc<dyn SeatLocks>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, locks, feed: Arc::new(SeatFeed::new()), clock, store_attempts: Default::default() }
+        Self::with_feed(store, locks, clock, Arc::new(SeatFeed::new()))
+    }
+
+    /// With a given seat feed (a Redis-relayed one in scale-out).
+    pub fn with_feed(store: DynStore, locks: Arc<dyn SeatLocks>, clock: Arc<dyn Clock>, feed: Arc<SeatFeed>) -> Self {
+        Self { store, locks, feed, clock, store_attempts: Default::default() }
     }
 
     /// Live seat changes, for the seat-map stream.
@@ -121,7 +126,7 @@ impl BookingService {
                     event_id,
                     SeatChange {
                         seats: hold.seats.clone(),
-                        status: "held",
+                        status: ChangeStatus::Held,
                         ga: hold.ga.as_ref().map(|g| GaChange { area: g.area.clone() }),
                     },
                 );
@@ -155,7 +160,7 @@ impl BookingService {
         }
         if let ReleaseOutcome::Released(h) = &outcome {
             let ga = h.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
-            self.feed.publish(&h.event_id, SeatChange { seats: h.seats.clone(), status: "available", ga });
+            self.feed.publish(&h.event_id, SeatChange { seats: h.seats.clone(), status: ChangeStatus::Available, ga });
         }
         Ok(outcome)
     }
@@ -167,7 +172,8 @@ impl BookingService {
             self.forget_locks(&h.event_id, &h.seats, &h.id).await;
             let ga = h.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
             if !h.freed.is_empty() || ga.is_some() {
-                self.feed.publish(&h.event_id, SeatChange { seats: h.freed.clone(), status: "available", ga });
+                self.feed
+                    .publish(&h.event_id, SeatChange { seats: h.freed.clone(), status: ChangeStatus::Available, ga });
             }
         }
     }

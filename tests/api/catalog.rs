@@ -150,7 +150,7 @@ async fn operator_endpoints_answer() {
 }
 
 /// Reads the next server-sent event: its name and JSON data.
-async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> (String, serde_json::Value) {
+pub(crate) async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> (String, serde_json::Value) {
     loop {
         if let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();

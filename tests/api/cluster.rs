@@ -167,3 +167,23 @@ async fn marking_an_event_high_demand_prewarms_every_node() {
     .await;
     assert!(warmed, "every node holds the event in its cache");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fan_watching_one_node_sees_holds_made_through_another() {
+    let cluster = spawn_cluster(2, Some(redis_url())).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let event = a.demo_event(json!({})).await;
+    let fan = a.customer("fan@example.com").await;
+    let mut stream = b.client.get(b.url(&format!("/v1/events/{event}/seats/stream"))).send().await.unwrap();
+    let mut buf = String::new();
+    let (name, _) = crate::catalog::next_sse(&mut stream, &mut buf).await;
+    assert_eq!(name, "snapshot");
+
+    let h = a.hold(&fan, &event, json!({"seats": ["D4", "D5"]})).await.id();
+    let (name, change) = crate::catalog::next_sse(&mut stream, &mut buf).await;
+    assert_eq!((name.as_str(), &change), ("change", &json!({"seats": ["D4", "D5"], "status": "held"})));
+
+    a.send(reqwest::Method::DELETE, &format!("/v1/holds/{h}"), Some(&fan), None).await;
+    let (_, change) = crate::catalog::next_sse(&mut stream, &mut buf).await;
+    assert_eq!(change, json!({"seats": ["D4", "D5"], "status": "available"}));
+}
