@@ -52,6 +52,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `BOXOFFICE_REQUEST_TIMEOUT_SECONDS`: every request's deadline.
     pub request_timeout_seconds: u64,
+    /// `BOXOFFICE_MAX_SEAT_STREAMS`: open seat-map streams per node; more
+    /// are refused with 503 `overloaded`.
+    pub max_seat_streams: usize,
     /// `BOXOFFICE_LOG`: a tracing filter such as `info` or `boxoffice=debug`.
     pub log: String,
 }
@@ -74,6 +77,7 @@ impl Default for Config {
             session_ttl_hours: 24 * 30,
             max_body_bytes: 256 * 1024,
             request_timeout_seconds: 30,
+            max_seat_streams: 10_000,
             log: "info".into(),
         }
     }

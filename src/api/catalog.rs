@@ -428,6 +428,10 @@ pub async fn seats(State(state): State<AppState>, ApiPath(id): ApiPath) -> Resul
               (status = 404, description = "event_not_found", body = Problem)))]
 pub async fn seats_stream(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<impl IntoResponse, ApiError> {
     let id = parse_event_id(&id)?;
+    let permit = state.seat_streams.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("boxoffice_seat_streams_refused_total").increment(1);
+        ApiError::unavailable("overloaded", "too many open seat streams on this node; retry shortly")
+    })?;
     let event =
         state.catalog.event(&id).await?.ok_or_else(|| ApiError::not_found("event_not_found", "no such event"))?;
     let event = event.as_ref().clone();
@@ -435,6 +439,8 @@ pub async fn seats_stream(State(state): State<AppState>, ApiPath(id): ApiPath) -
     let mut changes = state.booking.feed().subscribe(&id);
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     tokio::spawn(async move {
+        // Held until the stream ends.
+        let _permit = permit;
         let snapshot = |state: AppState, event: Event| async move {
             let map = state.store.seat_map_state(&event.id, state.clock.now()).await.ok().flatten()?;
             SseEvent::default().event("snapshot").json_data(seats_view(&event, map)).ok()

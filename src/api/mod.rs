@@ -45,6 +45,8 @@ pub struct AppState {
     /// Catalog caches (events, venues, search, availability).
     pub catalog: Arc<CatalogCache>,
     pub metrics: Option<PrometheusHandle>,
+    /// One permit per open seat-map stream.
+    pub seat_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             sessions: moka::sync::Cache::builder().max_capacity(200_000).time_to_live(Duration::from_secs(60)).build(),
             catalog,
             metrics,
+            seat_streams: Arc::new(tokio::sync::Semaphore::new(10_000)),
         }
     }
 }

@@ -229,3 +229,20 @@ async fn catalog_reads_carry_an_etag_and_answer_304_until_they_change() {
     let same = app.client.get(app.url("/v1/events")).header("if-none-match", tag).send().await.unwrap();
     assert_eq!(same.status(), StatusCode::NOT_MODIFIED);
 }
+
+#[tokio::test]
+async fn seat_streams_beyond_the_node_limit_are_refused_politely() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let path = format!("/v1/events/{event}/seats/stream");
+    // Take every stream slot this node has.
+    let all = app.state.seat_streams.available_permits() as u32;
+    let taken = app.state.seat_streams.clone().acquire_many_owned(all).await.unwrap();
+    let refused = app.get(&path, None).await;
+    refused.assert_problem(503, "overloaded");
+    assert!(refused.headers.contains_key("retry-after"));
+    drop(taken);
+    let mut ok = app.client.get(app.url(&path)).send().await.unwrap();
+    let (name, _) = next_sse(&mut ok, &mut String::new()).await;
+    assert_eq!(name, "snapshot");
+}
