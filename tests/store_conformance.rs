@@ -322,6 +322,24 @@ pub mod cases {
         assert_eq!(map.ga_areas[0].available, 500, "b's hold lapsed too; each hold freed its places once");
     }
 
+    pub async fn releasing_a_lapsed_hold_reports_the_seats_it_freed(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let h = hold(store, &e, &a, seats(&["G1", "G2"]), T0).await.unwrap();
+        // After it lapses, b takes G2 over before a lets go.
+        hold(store, &e, &b, seats(&["G2"]), at(10)).await.unwrap();
+        match store.release_hold(&h.id, &a.id, at(11)).await.unwrap() {
+            ReleaseOutcome::Lapsed { freed, .. } => assert_eq!(freed, vec![seat("G1")], "G2 is b's now"),
+            other => panic!("expected Lapsed, got {other:?}"),
+        }
+        assert!(matches!(store.release_hold(&h.id, &a.id, at(12)).await.unwrap(), ReleaseOutcome::AlreadyEnded(_)));
+        assert!(store.expire_holds(at(12), 100).await.unwrap().is_empty(), "nothing left for the sweeper");
+        let map = store.seat_map_state(&e.id, at(12)).await.unwrap().unwrap();
+        let status = |id: &str| map.seats.iter().find(|s| s.id.as_str() == id).unwrap().status;
+        assert_eq!(status("G1"), boxoffice::store::SeatStatus::Available);
+        assert_eq!(status("G2"), boxoffice::store::SeatStatus::Held);
+    }
+
     pub async fn concurrent_sweeps_end_each_hold_once(store: &DynStore) {
         let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10, "max_tickets_per_customer": 100})).await;
         let a = customer(store, "a@example.com").await;
@@ -438,6 +456,7 @@ macro_rules! all_cases {
             release_is_owner_only_and_repeatable,
             concurrent_sweeps_end_each_hold_once,
             releasing_a_lapsed_ga_hold_again_and_again_frees_its_places_once,
+            releasing_a_lapsed_hold_reports_the_seats_it_freed,
             event_updates_are_version_checked,
             holds_outside_the_sale_window_are_refused,
             search_pages_in_start_order_with_filters,

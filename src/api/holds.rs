@@ -103,7 +103,9 @@ pub async fn delete_hold(
 ) -> Result<StatusCode, ApiError> {
     let id = HoldId::parse(&id).ok_or_else(hold_not_found)?;
     match state.booking.release(&customer, &id).await? {
-        ReleaseOutcome::Released(_) | ReleaseOutcome::AlreadyEnded(_) => Ok(StatusCode::NO_CONTENT),
+        ReleaseOutcome::Released(_) | ReleaseOutcome::AlreadyEnded(_) | ReleaseOutcome::Lapsed { .. } => {
+            Ok(StatusCode::NO_CONTENT)
+        }
         ReleaseOutcome::InCheckout(_) => {
             Err(ApiError::conflict("hold_not_active", "payment for this hold is under way; it cannot be released"))
         }

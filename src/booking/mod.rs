@@ -155,12 +155,19 @@ impl BookingService {
 
     pub async fn release(&self, customer: &Customer, id: &HoldId) -> Result<ReleaseOutcome, StoreError> {
         let outcome = self.store.release_hold(id, &customer.id, self.clock.now()).await?;
-        if let ReleaseOutcome::Released(h) | ReleaseOutcome::AlreadyEnded(h) = &outcome {
-            self.forget_locks(&h.event_id, &h.seats, &h.id).await;
-        }
-        if let ReleaseOutcome::Released(h) = &outcome {
-            let ga = h.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
-            self.feed.publish(&h.event_id, SeatChange { seats: h.seats.clone(), status: ChangeStatus::Available, ga });
+        let (hold, freed) = match &outcome {
+            ReleaseOutcome::Released(h) => (h, &h.seats),
+            ReleaseOutcome::Lapsed { hold, freed } => (hold, freed),
+            ReleaseOutcome::AlreadyEnded(h) => {
+                self.forget_locks(&h.event_id, &h.seats, &h.id).await;
+                return Ok(outcome);
+            }
+            ReleaseOutcome::InCheckout(_) | ReleaseOutcome::NotFound => return Ok(outcome),
+        };
+        self.forget_locks(&hold.event_id, &hold.seats, &hold.id).await;
+        let ga = hold.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
+        if !freed.is_empty() || ga.is_some() {
+            self.feed.publish(&hold.event_id, SeatChange { seats: freed.clone(), status: ChangeStatus::Available, ga });
         }
         Ok(outcome)
     }

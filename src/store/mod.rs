@@ -170,6 +170,12 @@ pub enum ReleaseOutcome {
     Released(Hold),
     /// The hold had already ended (released or expired).
     AlreadyEnded(Hold),
+    /// The hold had lapsed and this call ended it, freeing these seats
+    /// (the ones no other hold had taken over meanwhile).
+    Lapsed {
+        hold: Hold,
+        freed: Vec<SeatId>,
+    },
     /// Payment is under way; only checkout's own flow can end it.
     InCheckout(Hold),
     NotFound,

@@ -246,3 +246,21 @@ async fn seat_streams_beyond_the_node_limit_are_refused_politely() {
     let (name, _) = next_sse(&mut ok, &mut String::new()).await;
     assert_eq!(name, "snapshot");
 }
+
+#[tokio::test]
+async fn letting_go_of_a_lapsed_hold_updates_the_seat_stream() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({"hold_ttl_seconds": 30})).await;
+    let fan = app.customer("fan@example.com").await;
+    let h = app.hold(&fan, &event, json!({"seats": ["H1"]})).await.id();
+    let mut resp = app.client.get(app.url(&format!("/v1/events/{event}/seats/stream"))).send().await.unwrap();
+    let mut buf = String::new();
+    let (_, snap) = next_sse(&mut resp, &mut buf).await;
+    let h1 = snap["seats"].as_array().unwrap().iter().find(|s| s["id"] == "H1").unwrap().clone();
+    assert_eq!(h1["status"], "held");
+
+    app.clock.advance(std::time::Duration::from_secs(30));
+    app.send(Method::DELETE, &format!("/v1/holds/{h}"), Some(&fan), None).await;
+    let (name, change) = next_sse(&mut resp, &mut buf).await;
+    assert_eq!((name.as_str(), &change), ("change", &json!({"seats": ["H1"], "status": "available"})));
+}

@@ -963,16 +963,18 @@ impl Store for PgStore {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                    if moved == 1 {
+                    let freed = if moved == 1 {
                         release_inventory(&mut tx, id.as_str(), hold.event_id.as_str(), &hold.seats, hold.ga.as_ref())
-                            .await?;
-                    }
+                            .await?
+                    } else {
+                        vec![]
+                    };
                     let ended =
                         Hold { status: HoldStatus::parse(new).unwrap_or(status), version: hold.version + 1, ..hold };
-                    if status == HoldStatus::Held && moved == 1 {
-                        ReleaseOutcome::Released(ended)
-                    } else {
-                        ReleaseOutcome::AlreadyEnded(ended)
+                    match (status, moved) {
+                        (HoldStatus::Held, 1) => ReleaseOutcome::Released(ended),
+                        (_, 1) => ReleaseOutcome::Lapsed { hold: ended, freed },
+                        _ => ReleaseOutcome::AlreadyEnded(ended),
                     }
                 }
             };

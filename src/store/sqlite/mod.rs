@@ -876,9 +876,15 @@ impl Store for SqliteStore {
                 HoldStatus::Released => Ok((ReleaseOutcome::AlreadyEnded(hold), Keep::Rollback)),
                 HoldStatus::Expired => {
                     // Tidy now rather than wait for the sweeper.
-                    expire_one(c, &id, now)?;
+                    let ended = expire_one(c, &id, now)?;
                     let hold = load_hold(c, &id)?.unwrap_or(hold);
-                    Ok((ReleaseOutcome::AlreadyEnded(hold), Keep::Commit))
+                    Ok((
+                        match ended {
+                            Some(e) => ReleaseOutcome::Lapsed { hold, freed: e.freed },
+                            None => ReleaseOutcome::AlreadyEnded(hold),
+                        },
+                        Keep::Commit,
+                    ))
                 }
                 HoldStatus::Held => {
                     let n = c
