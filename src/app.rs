@@ -14,6 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accelerators::redis_locks::RedisSettings;
 use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
 use crate::api::{self, AppState, HttpLimits};
 use crate::booking::BookingService;
@@ -80,9 +81,16 @@ impl Application {
         let locks: Arc<dyn SeatLocks> = match config.redis_urls().as_slice() {
             [] => Arc::new(InProcessSeatLocks::new()),
             urls => Arc::new(
-                RedisSeatLocks::connect(urls, &config.redis_prefix, Duration::from_millis(config.redis_retry_after_ms))
-                    .await
-                    .context("BOXOFFICE_REDIS_URL")?,
+                RedisSeatLocks::connect(
+                    urls,
+                    &config.redis_prefix,
+                    RedisSettings {
+                        call_timeout: Duration::from_millis(config.redis_timeout_ms.max(1)),
+                        retry_after: Duration::from_millis(config.redis_retry_after_ms),
+                    },
+                )
+                .await
+                .context("BOXOFFICE_REDIS_URL")?,
             ),
         };
         let bus = match config.redis_urls().first() {

@@ -38,6 +38,9 @@ pub struct Config {
     /// `BOXOFFICE_REDIS_RETRY_AFTER_MS`: after a Redis failure, how long
     /// holds skip Redis (going to the database alone) before trying again.
     pub redis_retry_after_ms: u64,
+    /// `BOXOFFICE_REDIS_TIMEOUT_MS`: the longest a seat-lock call to Redis may
+    /// take before Redis counts as degraded.
+    pub redis_timeout_ms: u64,
     /// `BOXOFFICE_ADMIN_TOKEN`: bearer token for admin endpoints. When
     /// unset, `serve` and `demo` generate one and print it once.
     #[serde(skip_serializing)]
@@ -71,6 +74,7 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "boxoffice:".into(),
             redis_retry_after_ms: 1_000,
+            redis_timeout_ms: 250,
             admin_token: None,
             sqlite_synchronous: Synchronous::Auto,
             sweep_interval_seconds: 5,

@@ -2,8 +2,8 @@
 //! against Redis (each Redis test under its own key prefix, removed after).
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use boxoffice::accelerators::redis_locks::RedisSettings;
 use boxoffice::accelerators::{InProcessSeatLocks, LockOutcome, RedisSeatLocks, SeatLocks};
 use boxoffice::domain::ids::{EventId, HoldId, SeatId};
 use boxoffice::domain::time::{Clock, SystemClock};
@@ -88,7 +88,7 @@ async fn in_process_concurrent_lockers_have_one_winner() {
 }
 
 async fn redis_locks(prefix: &RedisPrefix) -> RedisSeatLocks {
-    RedisSeatLocks::connect(&[redis_url()], &prefix.0, Duration::from_secs(1))
+    RedisSeatLocks::connect(&[redis_url()], &prefix.0, RedisSettings::default())
         .await
         .expect("Redis is reachable (see .ci/run)")
 }
@@ -129,7 +129,7 @@ async fn redis_keys_carry_the_event_hash_tag_and_expire() {
 async fn redis_cluster_locks_behave_the_same() {
     let cluster = redis_support::OwnRedisCluster::start();
     let p = RedisPrefix::new();
-    let locks = RedisSeatLocks::connect(&cluster.urls(), &p.0, Duration::from_secs(1)).await.unwrap();
+    let locks = RedisSeatLocks::connect(&cluster.urls(), &p.0, RedisSettings::default()).await.unwrap();
     // Multi-key scripts only work when every key is in one slot: the
     // event's hash tag is what makes these pass on a cluster.
     all_or_nothing(&locks).await;

@@ -340,6 +340,20 @@ pub mod cases {
         assert_eq!(status("G2"), boxoffice::store::SeatStatus::Held);
     }
 
+    pub async fn a_customer_lists_only_their_own_live_holds(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 60})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let old = hold(store, &e, &a, seats(&["J1"]), T0).await.unwrap();
+        let live = hold(store, &e, &a, seats(&["J2"]), at(30)).await.unwrap();
+        let released = hold(store, &e, &a, seats(&["J3"]), at(31)).await.unwrap();
+        store.release_hold(&released.id, &a.id, at(32)).await.unwrap();
+        hold(store, &e, &b, seats(&["J4"]), at(33)).await.unwrap();
+        let mine: Vec<HoldId> =
+            store.customer_holds(&a.id, at(60), 100).await.unwrap().into_iter().map(|h| h.id).collect();
+        assert_eq!(mine, vec![live.id], "not the lapsed one, not the released one, not b's");
+        assert!(!mine.contains(&old.id));
+    }
+
     pub async fn concurrent_sweeps_end_each_hold_once(store: &DynStore) {
         let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10, "max_tickets_per_customer": 100})).await;
         let a = customer(store, "a@example.com").await;
@@ -457,6 +471,7 @@ macro_rules! all_cases {
             concurrent_sweeps_end_each_hold_once,
             releasing_a_lapsed_ga_hold_again_and_again_frees_its_places_once,
             releasing_a_lapsed_hold_reports_the_seats_it_freed,
+            a_customer_lists_only_their_own_live_holds,
             event_updates_are_version_checked,
             holds_outside_the_sale_window_are_refused,
             search_pages_in_start_order_with_filters,

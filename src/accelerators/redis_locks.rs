@@ -9,11 +9,11 @@
 //!   their positions and writes nothing; otherwise it `SET … PX`s them all.
 //! * `release` is compare-and-delete: only keys still holding our id go.
 //!
-//! Redis is an accelerator: any error or a call slower than
-//! [`CALL_TIMEOUT`] marks it degraded for [`DEGRADED_FOR`], during which
-//! calls fail fast and the booking service goes straight to the database.
-//! The next call after that window tries Redis again, so it comes back on
-//! its own after an outage.
+//! Redis is an accelerator: any error or a call slower than the call
+//! timeout marks it degraded; for the retry-after window calls then fail
+//! fast and the booking service goes straight to the database. The next
+//! call after that window tries Redis again, and the first success clears
+//! the mark, so it comes back on its own after an outage.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -27,8 +27,20 @@ use super::seat_locks::{LockOutcome, LockStatus, SeatLocks};
 use crate::domain::ids::{EventId, HoldId, SeatId};
 use crate::domain::time::Timestamp;
 
-/// The longest a lock call may take before Redis counts as degraded.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How patient the fast path is with Redis.
+#[derive(Clone, Copy, Debug)]
+pub struct RedisSettings {
+    /// The longest a call may take before Redis counts as degraded.
+    pub call_timeout: Duration,
+    /// After a failure, how long Redis is skipped before it is tried again.
+    pub retry_after: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings { call_timeout: Duration::from_millis(250), retry_after: Duration::from_secs(1) }
+    }
+}
 
 const TRY_LOCK: &str = r"
 local taken = {}
@@ -69,12 +81,12 @@ enum Target {
 }
 
 impl Target {
-    async fn connect(&self) -> RedisResult<Conn> {
+    async fn connect(&self, timeout: Duration) -> RedisResult<Conn> {
         match self {
             Target::Single(client) => {
                 let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(CALL_TIMEOUT)
-                    .set_response_timeout(CALL_TIMEOUT)
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
                     .set_number_of_retries(1);
                 Ok(Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?))
             }
@@ -92,7 +104,7 @@ pub struct RedisSeatLocks {
     release: Script,
     /// Wall-clock milliseconds until which Redis is skipped.
     degraded_until: AtomicI64,
-    degraded_for: Duration,
+    settings: RedisSettings,
 }
 
 fn wall_ms() -> i64 {
@@ -104,15 +116,14 @@ impl RedisSeatLocks {
     /// a Redis Cluster, and tries to connect. A bad URL is an error; an
     /// unreachable Redis is not: the node starts degraded and connects once
     /// Redis answers. `prefix` namespaces every key (tests use their own).
-    /// After a failure Redis is skipped for `degraded_for`.
-    pub async fn connect(urls: &[String], prefix: &str, degraded_for: Duration) -> anyhow::Result<RedisSeatLocks> {
+    pub async fn connect(urls: &[String], prefix: &str, settings: RedisSettings) -> anyhow::Result<RedisSeatLocks> {
         let target = match urls {
             [] => anyhow::bail!("no Redis URL"),
             [one] => Target::Single(redis::Client::open(one.as_str())?),
             many => Target::Cluster(
                 redis::cluster::ClusterClientBuilder::new(many.to_vec())
-                    .connection_timeout(CALL_TIMEOUT)
-                    .response_timeout(CALL_TIMEOUT)
+                    .connection_timeout(settings.call_timeout)
+                    .response_timeout(settings.call_timeout)
                     .build()?,
             ),
         };
@@ -124,7 +135,7 @@ impl RedisSeatLocks {
             set: Script::new(SET),
             release: Script::new(RELEASE),
             degraded_until: AtomicI64::new(0),
-            degraded_for,
+            settings,
         };
         if let Err(e) = locks.connection().await {
             locks.mark_degraded(&e);
@@ -134,14 +145,15 @@ impl RedisSeatLocks {
 
     /// The shared connection, made on first success.
     async fn connection(&self) -> anyhow::Result<Conn> {
-        let conn = tokio::time::timeout(CALL_TIMEOUT * 4, self.conn.get_or_try_init(|| self.target.connect()))
+        let timeout = self.settings.call_timeout;
+        let conn = tokio::time::timeout(timeout * 4, self.conn.get_or_try_init(|| self.target.connect(timeout)))
             .await
             .map_err(|_| anyhow::anyhow!("connecting to Redis timed out"))??;
         Ok(conn.clone())
     }
 
     fn mark_degraded(&self, e: &anyhow::Error) {
-        let until = wall_ms() + (self.degraded_for.as_millis() as i64).max(1);
+        let until = wall_ms() + (self.settings.retry_after.as_millis() as i64).max(1);
         if self.degraded_until.swap(until, Ordering::Relaxed) == 0 {
             tracing::warn!(error = %e, "Redis failed; selling from the database alone until it answers");
         }
@@ -172,10 +184,11 @@ impl RedisSeatLocks {
                     };
                     r
                 };
-                match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                let timeout = self.settings.call_timeout;
+                match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(anyhow::Error::new(e)),
-                    Err(_) => Err(anyhow::anyhow!("Redis did not answer within {CALL_TIMEOUT:?}")),
+                    Err(_) => Err(anyhow::anyhow!("Redis did not answer within {timeout:?}")),
                 }
             }
         };

@@ -90,6 +90,24 @@ pub async fn get_hold(
     Ok((no_store(), Json(HoldView::new(&hold, state.clock.now()))))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct HoldList {
+    pub data: Vec<HoldView>,
+}
+
+/// The caller's live holds, newest first (at most 100): how a fan finds a
+/// hold whose answer never reached them.
+#[utoipa::path(get, path = "/v1/customers/me/holds", tag = "holds", security(("customer" = [])),
+    responses((status = 200, body = HoldList), (status = 401, body = Problem)))]
+pub async fn my_holds(
+    State(state): State<AppState>,
+    CurrentCustomer(customer): CurrentCustomer,
+) -> Result<impl IntoResponse, ApiError> {
+    let now = state.clock.now();
+    let holds = state.store.customer_holds(&customer.id, now, 100).await?;
+    Ok((no_store(), Json(HoldList { data: holds.iter().map(|h| HoldView::new(h, now)).collect() })))
+}
+
 /// Lets go of a hold; its seats are available at once. Releasing a hold
 /// that already ended is a no-op.
 #[utoipa::path(delete, path = "/v1/holds/{id}", tag = "holds", security(("customer" = [])),

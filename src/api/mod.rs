@@ -117,7 +117,8 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/events/{id}/seats", get(catalog::seats))
         .route("/events/{id}/seats/stream", get(catalog::seats_stream))
         .route("/events/{id}/holds", post(holds::create_hold))
-        .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold));
+        .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold))
+        .route("/customers/me/holds", get(holds::my_holds));
 
     let timeout = limits.request_timeout;
     Router::new()

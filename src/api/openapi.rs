@@ -25,7 +25,7 @@ impl Modify for Security {
         catalog::create_venue, catalog::get_venue,
         catalog::create_event, catalog::patch_event, catalog::get_event, catalog::search_events,
         catalog::availability, catalog::seats, catalog::seats_stream,
-        holds::create_hold, holds::get_hold, holds::delete_hold,
+        holds::create_hold, holds::get_hold, holds::delete_hold, holds::my_holds,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&Security),

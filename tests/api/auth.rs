@@ -79,3 +79,18 @@ async fn a_session_stops_working_when_it_expires_even_if_cached() {
     app.clock.advance(std::time::Duration::from_secs(30 * 24 * 3600));
     app.get(&format!("/v1/holds/{h}"), Some(&fan)).await.assert_problem(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn my_holds_lists_mine_and_never_anyone_elses() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let (alice, bob) = (app.customer("alice@example.com").await, app.customer("bob@example.com").await);
+    let a = app.hold(&alice, &event, json!({"seats": ["K1"]})).await.id();
+    app.hold(&bob, &event, json!({"seats": ["K2"]})).await;
+    let mine = app.get("/v1/customers/me/holds", Some(&alice)).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(mine.headers["cache-control"], "no-store");
+    let ids: Vec<&str> = mine.body["data"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![a.as_str()]);
+    app.get("/v1/customers/me/holds", None).await.assert_problem(401, "unauthorized");
+}

@@ -166,6 +166,9 @@ fn node_config(setup: &Setup, database: Option<&TestDatabase>, redis_keys: Optio
         redis_prefix: redis_keys.map(|p| p.0.clone()).unwrap_or_default(),
         // Tests never wait out a degraded window: every call retries Redis.
         redis_retry_after_ms: 1,
+        // Two cores shared by a thousand requests: a starved call is not a
+        // Redis failure, so give calls time.
+        redis_timeout_ms: 5_000,
         sqlite_synchronous: boxoffice::store::sqlite::Synchronous::Normal,
         ..Config::default()
     }

@@ -42,7 +42,8 @@ use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_holds_by_customer.sql"))];
 /// Serialises migrations across nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x626f_786f_6666_6963; // "boxoffic"
 /// How many of the best-placed free seats best-available chooses from.
@@ -933,6 +934,20 @@ impl Store for PgStore {
             .await
             .map_err(err)?;
         row.as_ref().map(hold_from_row).transpose().map_err(err)
+    }
+
+    async fn customer_holds(&self, customer: &CustomerId, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE customer_id = $1 AND status IN ('held', 'checkout') \
+               AND (status = 'checkout' OR expires_at > $2) ORDER BY created_at DESC LIMIT $3"
+        ))
+        .bind(customer.as_str())
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.iter().map(hold_from_row).collect::<anyhow::Result<_>>().map_err(err)
     }
 
     async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome> {

@@ -41,7 +41,8 @@ const READERS: u32 = 8;
 /// How many of the best-placed free seats best-available considers.
 const BEST_AVAILABLE_CANDIDATES: u32 = 4000;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_holds_by_customer.sql"))];
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -863,6 +864,23 @@ impl Store for SqliteStore {
     async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>> {
         let id = id.to_string();
         self.read(move |c| load_hold(c, &id)).await
+    }
+
+    async fn customer_holds(&self, customer: &CustomerId, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>> {
+        let customer = customer.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {HOLD_COLUMNS} FROM holds WHERE customer_id = ?1 AND status IN ('held', 'checkout') \
+                   AND (status = 'checkout' OR expires_at > ?2) ORDER BY created_at DESC LIMIT ?3"
+            ))?;
+            let mut rows = st.query(params![customer, now.as_millis(), limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(hold_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome> {
