@@ -15,7 +15,8 @@
 //! call after that window tries Redis again, and the first success clears
 //! the mark, so it comes back on its own after an outage.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -97,7 +98,10 @@ impl Target {
 
 pub struct RedisSeatLocks {
     target: Target,
-    conn: tokio::sync::OnceCell<Conn>,
+    /// The shared connection once one has been made; requests never wait
+    /// for it to be made (see [`RedisSeatLocks::connection`]).
+    conn: Arc<parking_lot::RwLock<Option<Conn>>>,
+    connecting: Arc<AtomicBool>,
     prefix: String,
     try_lock: Script,
     set: Script,
@@ -129,7 +133,8 @@ impl RedisSeatLocks {
         };
         let locks = RedisSeatLocks {
             target,
-            conn: tokio::sync::OnceCell::new(),
+            conn: Default::default(),
+            connecting: Default::default(),
             prefix: prefix.to_owned(),
             try_lock: Script::new(TRY_LOCK),
             set: Script::new(SET),
@@ -137,19 +142,34 @@ impl RedisSeatLocks {
             degraded_until: AtomicI64::new(0),
             settings,
         };
-        if let Err(e) = locks.connection().await {
-            locks.mark_degraded(&e);
+        // One attempt at start, so a healthy node begins with the fast path.
+        let timeout = locks.settings.call_timeout;
+        match tokio::time::timeout(timeout * 4, locks.target.connect(timeout)).await {
+            Ok(Ok(conn)) => *locks.conn.write() = Some(conn),
+            Ok(Err(e)) => locks.mark_degraded(&e.into()),
+            Err(_) => locks.mark_degraded(&anyhow::anyhow!("connecting to Redis timed out")),
         }
         Ok(locks)
     }
 
-    /// The shared connection, made on first success.
-    async fn connection(&self) -> anyhow::Result<Conn> {
-        let timeout = self.settings.call_timeout;
-        let conn = tokio::time::timeout(timeout * 4, self.conn.get_or_try_init(|| self.target.connect(timeout)))
-            .await
-            .map_err(|_| anyhow::anyhow!("connecting to Redis timed out"))??;
-        Ok(conn.clone())
+    /// The shared connection. Until one exists, a single background task
+    /// tries to make it while calls fail fast (and go to the database), so
+    /// no request ever waits on a connection attempt.
+    fn connection(&self) -> anyhow::Result<Conn> {
+        if let Some(c) = self.conn.read().as_ref() {
+            return Ok(c.clone());
+        }
+        if !self.connecting.swap(true, Ordering::SeqCst) {
+            let (target, slot, connecting) = (self.target.clone(), self.conn.clone(), self.connecting.clone());
+            let timeout = self.settings.call_timeout;
+            tokio::spawn(async move {
+                if let Ok(Ok(conn)) = tokio::time::timeout(timeout * 4, target.connect(timeout)).await {
+                    *slot.write() = Some(conn);
+                }
+                connecting.store(false, Ordering::SeqCst);
+            });
+        }
+        anyhow::bail!("not connected to Redis yet")
     }
 
     fn mark_degraded(&self, e: &anyhow::Error) {
@@ -174,7 +194,7 @@ impl RedisSeatLocks {
             inv.key(k);
         }
         inv.arg(owner).arg(ttl_ms.max(1));
-        let outcome = match self.connection().await {
+        let outcome = match self.connection() {
             Err(e) => Err(e),
             Ok(conn) => {
                 let call = async {
