@@ -193,6 +193,33 @@ pub struct ExpiredHold {
     pub ga: Option<GaSelection>,
 }
 
+/// The hold a successful placement creates: priced from the event's
+/// current prices for the categories taken, expiring after its TTL.
+pub(crate) fn priced_hold(
+    p: &HoldPlacement,
+    event: &Event,
+    seats: Vec<SeatId>,
+    ga: Option<GaSelection>,
+    categories: &[Category],
+) -> anyhow::Result<Hold> {
+    let amount = event
+        .amount_for(categories)
+        .ok_or_else(|| anyhow::anyhow!("event {} cannot price categories {categories:?}", event.id))?;
+    Ok(Hold {
+        id: p.hold_id.clone(),
+        event_id: p.event_id.clone(),
+        customer_id: p.customer.id.clone(),
+        status: crate::domain::hold::HoldStatus::Held,
+        seats,
+        ga,
+        amount,
+        currency: event.currency,
+        created_at: p.now,
+        expires_at: p.now.plus_secs(event.hold_ttl_seconds),
+        version: 1,
+    })
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and `/readyz`: `sqlite`, `postgres`.

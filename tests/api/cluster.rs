@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::helpers::spawn_cluster;
+use crate::helpers::{race, spawn_cluster, winners};
 use crate::redis_support::redis_url;
 use boxoffice::demo;
 
@@ -20,27 +20,8 @@ async fn a_thousand_fans_across_three_nodes_get_one_seat_once() {
     let first = &cluster.nodes[0];
     let event = first.demo_event(json!({})).await;
     let tokens = first.customers(1000).await;
-    let barrier = Arc::new(Barrier::new(tokens.len()));
-    let tasks: Vec<_> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (node, barrier, event) = (cluster.nodes[i % 3].clone(), barrier.clone(), event.clone());
-            tokio::spawn(async move {
-                node.get("/healthz", None).await;
-                barrier.wait().await;
-                node.hold(&t, &event, json!({"seats": ["A7"]})).await
-            })
-        })
-        .collect();
-    let mut wins = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
-        match r.status {
-            StatusCode::CREATED => wins += 1,
-            _ => r.assert_problem(409, "seat_unavailable"),
-        }
-    }
+    let path = format!("/v1/events/{event}/holds");
+    let wins = winners(&race(&cluster.nodes, &tokens, |_| (path.clone(), json!({"seats": ["A7"]}))).await);
     assert_eq!(wins, 1);
     let reached: u64 = cluster.nodes.iter().map(|n| n.state.booking.store_hold_attempts()).sum();
     assert!(reached <= 10, "{reached} requests reached the database");

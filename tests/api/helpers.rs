@@ -315,3 +315,43 @@ impl TestApp {
             .collect()
     }
 }
+
+/// One POST per token, all released together by one barrier and spread
+/// round-robin over `nodes`. Each task first opens its connection, so the
+/// barrier releases requests, not handshakes.
+pub async fn race<F>(nodes: &[Arc<TestApp>], tokens: &[String], body_for: F) -> Vec<(usize, Reply)>
+where
+    F: Fn(usize) -> (String, Value),
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(tokens.len()));
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        let (path, body) = body_for(i);
+        let (node, barrier, token) = (nodes[i % nodes.len()].clone(), barrier.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let warm = node.get("/healthz", None).await;
+            assert_eq!(warm.status, StatusCode::OK);
+            barrier.wait().await;
+            (i, node.post(&path, Some(&token), body).await)
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+/// How many of `results` won (201); asserts every other one is a 409
+/// `seat_unavailable`.
+pub fn winners(results: &[(usize, Reply)]) -> usize {
+    let mut wins = 0;
+    for (_, r) in results {
+        if r.status == StatusCode::CREATED {
+            wins += 1;
+        } else {
+            r.assert_problem(409, "seat_unavailable");
+        }
+    }
+    wins
+}

@@ -11,34 +11,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::helpers::{spawn_app_on, Backend, Reply, TestApp};
+use crate::helpers::{race, spawn_app_on, Backend, Reply};
 use boxoffice::demo;
-
-/// Runs one request per token, all released by one barrier. Each task
-/// first opens its connection so the barrier releases requests, not
-/// handshakes.
-async fn race<F>(app: &Arc<TestApp>, tokens: &[String], body_for: F) -> Vec<(usize, Reply)>
-where
-    F: Fn(usize) -> (String, serde_json::Value),
-{
-    let barrier = Arc::new(Barrier::new(tokens.len()));
-    let mut tasks = Vec::with_capacity(tokens.len());
-    for (i, token) in tokens.iter().enumerate() {
-        let (path, body) = body_for(i);
-        let (app, barrier, token) = (app.clone(), barrier.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let warm = app.get("/healthz", None).await;
-            assert_eq!(warm.status, StatusCode::OK);
-            barrier.wait().await;
-            (i, app.post(&path, Some(&token), body).await)
-        }));
-    }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("task"));
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_fans_clicking_the_same_seat_get_exactly_one_hold() {
@@ -55,7 +29,9 @@ async fn thousand_fans_one_seat(backend: Backend) {
     let event = app.demo_event(json!({})).await;
     let tokens = app.customers(1000).await;
 
-    let results = race(&app, &tokens, |_| (format!("/v1/events/{event}/holds"), json!({"seats": ["A7"]}))).await;
+    let results =
+        race(std::slice::from_ref(&app), &tokens, |_| (format!("/v1/events/{event}/holds"), json!({"seats": ["A7"]})))
+            .await;
 
     let winners: Vec<&(usize, Reply)> = results.iter().filter(|(_, r)| r.status == StatusCode::CREATED).collect();
     assert_eq!(winners.len(), 1, "exactly one 201");
@@ -172,7 +148,10 @@ async fn overlapping_multi_seat(backend: Backend) {
         })
         .collect();
 
-    let results = race(&app, &tokens, |i| (format!("/v1/events/{event}/holds"), json!({"seats": wants[i]}))).await;
+    let results = race(std::slice::from_ref(&app), &tokens, |i| {
+        (format!("/v1/events/{event}/holds"), json!({"seats": wants[i]}))
+    })
+    .await;
 
     let mut owner: BTreeMap<String, usize> = BTreeMap::new();
     let mut winners = 0;

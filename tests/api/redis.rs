@@ -7,33 +7,14 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::helpers::{spawn_app_with, Backend, Setup, TestApp};
+use crate::helpers::{race, spawn_app_with, winners, Backend, Setup, TestApp};
 use crate::redis_support::{redis_url, OwnRedis};
 
 /// `n` fans race for one seat; returns how many got it.
 async fn race_for_a7(app: &Arc<TestApp>, event: &str, n: usize) -> usize {
     let tokens = app.customers(n).await;
-    let barrier = Arc::new(Barrier::new(n));
-    let tasks: Vec<_> = tokens
-        .into_iter()
-        .map(|t| {
-            let (app, barrier, event) = (app.clone(), barrier.clone(), event.to_owned());
-            tokio::spawn(async move {
-                app.get("/healthz", None).await;
-                barrier.wait().await;
-                app.hold(&t, &event, json!({"seats": ["A7"]})).await
-            })
-        })
-        .collect();
-    let mut wins = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
-        match r.status {
-            StatusCode::CREATED => wins += 1,
-            _ => r.assert_problem(409, "seat_unavailable"),
-        }
-    }
-    wins
+    let path = format!("/v1/events/{event}/holds");
+    winners(&race(std::slice::from_ref(app), &tokens, |_| (path.clone(), json!({"seats": ["A7"]}))).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

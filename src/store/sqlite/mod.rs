@@ -20,8 +20,8 @@ use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
 };
 use super::{
-    Availability, Counts, Customer, EventQuery, ExpiredHold, GaState, HoldPlacement, HoldRejection, NewSession,
-    ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+    priced_hold, Availability, Counts, Customer, EventQuery, ExpiredHold, GaState, HoldPlacement, HoldRejection,
+    NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
 };
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
@@ -541,22 +541,7 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
         },
     };
 
-    let amount = event
-        .amount_for(&categories)
-        .ok_or_else(|| anyhow!("event {} cannot price categories {categories:?}", event.id))?;
-    let hold = Hold {
-        id: p.hold_id.clone(),
-        event_id: p.event_id.clone(),
-        customer_id: p.customer.id.clone(),
-        status: HoldStatus::Held,
-        seats,
-        ga,
-        amount,
-        currency: event.currency,
-        created_at: p.now,
-        expires_at,
-        version: 1,
-    };
+    let hold = priced_hold(p, &event, seats, ga, &categories)?;
     conn.prepare_cached(
         "INSERT INTO holds (id, event_id, customer_id, buyer, status, seats, ga_area, ga_count, quantity, \
                             amount, currency, created_at, expires_at, version) \
