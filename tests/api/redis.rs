@@ -49,55 +49,74 @@ async fn with_redis_down_the_database_alone_still_sells_each_seat_once() {
     assert_eq!(keys.len(), 1, "new holds are recorded in Redis again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flushing_redis_mid_race_never_double_sells() {
-    let redis = OwnRedis::start();
-    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis.url()) }).await);
+/// 300 fans, each wanting two neighbouring seats of row A (heavy overlap),
+/// race while `disrupt` does something to Redis (it starts as the fans
+/// connect and should keep at it for about a second, the race's length).
+/// No seat may go to two holds, no request may fail with a 5xx, and the
+/// seat map must agree with the winners. Returns what `disrupt` returned.
+async fn race_while<F, T>(redis_url: String, disrupt: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis_url) }).await);
     let event = app.demo_event(json!({"max_tickets_per_customer": 100})).await;
-    let n = 300;
-    let tokens = app.customers(n).await;
-    let barrier = Arc::new(Barrier::new(n + 1));
-    // Each fan wants two neighbouring seats among A1..A9: heavy overlap.
+    let tokens = app.customers(300).await;
     let want = |i: usize| vec![format!("A{}", i % 8 + 1), format!("A{}", i % 8 + 2)];
-    let tasks: Vec<_> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (app, barrier, event, seats) = (app.clone(), barrier.clone(), event.clone(), want(i));
-            tokio::spawn(async move {
-                app.get("/healthz", None).await;
-                barrier.wait().await;
-                (seats.clone(), app.hold(&t, &event, json!({ "seats": seats })).await)
-            })
-        })
-        .collect();
-    let flusher = {
-        let (barrier, url) = (barrier.clone(), redis.url());
-        tokio::spawn(async move {
-            barrier.wait().await;
-            let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-            for _ in 0..5 {
-                let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
-                tokio::task::yield_now().await;
-            }
-        })
-    };
+    let path = format!("/v1/events/{event}/holds");
+    let disruptor = tokio::spawn(disrupt);
+    let results = race(std::slice::from_ref(&app), &tokens, |i| (path.clone(), json!({ "seats": want(i) }))).await;
+    let disrupted = disruptor.await.unwrap();
     let mut owner = std::collections::HashMap::new();
-    for t in tasks {
-        let (seats, r) = t.await.unwrap();
+    for (i, r) in &results {
         assert!(r.status.as_u16() < 500, "no 5xx: {}", r.body);
         if r.status == StatusCode::CREATED {
-            for s in seats {
+            for s in want(*i) {
                 assert!(owner.insert(s.clone(), r.id()).is_none(), "{s} sold twice");
             }
         }
     }
-    flusher.await.unwrap();
     let statuses = app.seat_statuses(&event).await;
     for n in 1..=9 {
         let s = format!("A{n}");
         assert_eq!(statuses[&s] == "held", owner.contains_key(&s), "seat {s} agrees with the winners");
     }
+    disrupted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flushing_redis_mid_race_never_double_sells() {
+    let redis = OwnRedis::start();
+    let url = redis.url();
+    race_while(redis.url(), async move {
+        let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..100 {
+            let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_redis_mid_race_never_double_sells() {
+    let redis = OwnRedis::start();
+    let url = redis.url();
+    // The server comes back from the disruptor and is dropped (stopped)
+    // when the test ends.
+    let _redis = race_while(url, async move {
+        tokio::task::spawn_blocking(move || {
+            let mut redis = redis;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            redis.stop();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            redis.restart();
+            redis
+        })
+        .await
+        .unwrap()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -143,59 +162,6 @@ async fn on_a_redis_cluster_the_fast_path_and_cache_invalidation_work() {
         }
         assert!(tokio::time::Instant::now() < deadline, "node B still serves the old title after 1 s");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn restarting_redis_mid_race_never_double_sells() {
-    let redis = OwnRedis::start();
-    let app = Arc::new(spawn_app_with(Setup { backend: Backend::Postgres, redis_url: Some(redis.url()) }).await);
-    let event = app.demo_event(json!({"max_tickets_per_customer": 100})).await;
-    let n = 300;
-    let tokens = app.customers(n).await;
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let want = |i: usize| vec![format!("B{}", i % 8 + 1), format!("B{}", i % 8 + 2)];
-    let tasks: Vec<_> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (app, barrier, event, seats) = (app.clone(), barrier.clone(), event.clone(), want(i));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                (seats.clone(), app.hold(&t, &event, json!({ "seats": seats })).await)
-            })
-        })
-        .collect();
-    // Restart Redis while the requests are in flight.
-    let restarter = {
-        let barrier = barrier.clone();
-        let mut redis = redis;
-        tokio::spawn(async move {
-            barrier.wait().await;
-            tokio::task::spawn_blocking(move || {
-                redis.stop();
-                redis.restart();
-                redis
-            })
-            .await
-            .unwrap()
-        })
-    };
-    let mut owner = std::collections::HashMap::new();
-    for t in tasks {
-        let (seats, r) = t.await.unwrap();
-        assert!(r.status.as_u16() < 500, "no 5xx: {}", r.body);
-        if r.status == StatusCode::CREATED {
-            for s in seats {
-                assert!(owner.insert(s.clone(), r.id()).is_none(), "{s} sold twice");
-            }
-        }
-    }
-    let _redis = restarter.await.unwrap();
-    let statuses = app.seat_statuses(&event).await;
-    for n in 1..=9 {
-        let s = format!("B{n}");
-        assert_eq!(statuses[&s] == "held", owner.contains_key(&s), "seat {s} agrees with the winners");
     }
 }
 
