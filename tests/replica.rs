@@ -82,11 +82,17 @@ async fn search_titles(store: &DynStore) -> Vec<String> {
     store.search_events(&q).await.unwrap().into_iter().map(|e| e.title).collect()
 }
 
+/// Waits (up to 15 s) for replication to bring `title` to the replica.
+/// Until the schema itself has replayed there, search fails; that is
+/// "not yet" too.
 async fn eventually_titles(store: &DynStore, title: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let q = EventQuery { limit: 100, ..Default::default() };
     while Instant::now() < deadline {
-        if search_titles(store).await.iter().any(|t| t == title) {
-            return true;
+        if let Ok(events) = store.search_events(&q).await {
+            if events.iter().any(|e| e.title == title) {
+                return true;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
