@@ -104,7 +104,8 @@ impl BookingService {
                 Err(e) => {
                     // Degraded: the database alone still decides correctly.
                     metrics::counter!("boxoffice_fastpath_errors_total").increment(1);
-                    tracing::warn!(error = %e, "seat-lock fast path unavailable; going to the database");
+                    // Logged once per outage by the lock service; per hold only at debug.
+                    tracing::debug!(error = %e, "seat-lock fast path unavailable; going to the database");
                 }
             }
         }
@@ -132,7 +133,7 @@ impl BookingService {
                 );
                 if !hold.seats.is_empty() {
                     if let Err(e) = self.locks.set(event_id, &hold.seats, &hold.id, hold.expires_at, now).await {
-                        tracing::warn!(error = %e, "could not record a placed hold in the fast path");
+                        tracing::debug!(error = %e, "could not record a placed hold in the fast path");
                     }
                 }
             }
@@ -140,7 +141,7 @@ impl BookingService {
                 metrics::counter!("boxoffice_holds_rejected_total").increment(1);
                 if let (true, Some(seats)) = (locked, &explicit) {
                     if let Err(e) = self.locks.release(event_id, seats, &hold_id).await {
-                        tracing::warn!(error = %e, "could not release fast-path locks");
+                        tracing::debug!(error = %e, "could not release fast-path locks");
                     }
                 }
             }
@@ -190,7 +191,7 @@ impl BookingService {
             return;
         }
         if let Err(e) = self.locks.release(event, seats, owner).await {
-            tracing::warn!(error = %e, "could not release fast-path locks");
+            tracing::debug!(error = %e, "could not release fast-path locks");
         }
     }
 }
