@@ -3,7 +3,7 @@
 //!
 //! | what | TTL | why |
 //! |---|---|---|
-//! | event details (with prices) | 10 s | prices may be at most 10 s old |
+//! | event details (with prices) | 10 s | prices may be at most 10 s old; also shared between nodes in Redis |
 //! | venue details | 24 h | venues do not change after creation |
 //! | search results | 10 s | they show prices |
 //! | availability counts | 1 s | "at most about 2 s stale" |
@@ -31,6 +31,9 @@ pub const EVENT_TTL: Duration = Duration::from_secs(10);
 pub const VENUE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const SEARCH_TTL: Duration = Duration::from_secs(10);
 pub const AVAILABILITY_TTL: Duration = Duration::from_secs(1);
+/// The longest a shared-tier (Redis) read or write may take; past it the
+/// node just reads the store.
+const SHARED_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A catalog change every node must hear about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,13 +93,25 @@ impl CatalogCache {
         }
     }
 
+    /// This node's copy, else the copy shared in Redis, else the store's
+    /// (which is then shared with the other nodes for `EVENT_TTL`).
     pub async fn event(&self, id: &EventId) -> StoreResult<Option<Arc<Event>>> {
         if let Some(e) = self.events.get(id) {
             return Ok(Some(e));
         }
+        if let Some(bus) = &self.bus {
+            if let Some(e) = bus.shared_event(id).await {
+                let e = Arc::new(e);
+                self.events.insert(id.clone(), e.clone());
+                return Ok(Some(e));
+            }
+        }
         let e = self.store.event(id).await?.map(Arc::new);
         if let Some(e) = &e {
             self.events.insert(id.clone(), e.clone());
+            if let Some(bus) = &self.bus {
+                bus.share_event(e).await;
+            }
         }
         Ok(e)
     }
@@ -133,8 +148,12 @@ impl CatalogCache {
         Ok(a)
     }
 
-    /// Applies a change here, then tells every other node.
+    /// Applies a change here, drops the shared copy, then tells every other
+    /// node.
     pub async fn changed(&self, change: CatalogChange, now: Timestamp) {
+        if let (Some(bus), CatalogChange::Event(id)) = (&self.bus, &change) {
+            bus.unshare_event(id).await;
+        }
         self.apply(&change, now).await;
         if let Some(bus) = &self.bus {
             bus.publish(&change).await;
@@ -181,6 +200,7 @@ pub struct RedisBus {
     client: redis::Client,
     /// Made on first use, so a node starts while Redis is down.
     publisher: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
+    prefix: String,
     channel: String,
     seats_channel: String,
 }
@@ -199,6 +219,7 @@ impl RedisBus {
         Ok(RedisBus {
             client,
             publisher: Default::default(),
+            prefix: prefix.to_owned(),
             channel: format!("{prefix}catalog"),
             seats_channel: format!("{prefix}seats"),
         })
@@ -223,6 +244,47 @@ impl RedisBus {
             // Other nodes catch up within the TTLs.
             tracing::warn!(?change, "could not publish a catalog change; other nodes rely on TTLs");
         }
+    }
+
+    /// Carries the event's hash tag like every other key of an event.
+    fn event_key(&self, id: &EventId) -> String {
+        format!("{}{{{id}}}:event", self.prefix)
+    }
+
+    async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
+        let conn = tokio::time::timeout(
+            SHARED_TIMEOUT,
+            self.publisher.get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone())),
+        )
+        .await;
+        match conn {
+            Ok(Ok(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// The shared copy of an event, if another node has put one there.
+    async fn shared_event(&self, id: &EventId) -> Option<Event> {
+        let mut c = self.connection().await?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.event_key(id));
+        let json =
+            tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await.ok()?.ok()??;
+        serde_json::from_str(&json).ok()
+    }
+
+    async fn share_event(&self, e: &Event) {
+        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(e)) else { return };
+        let mut set = redis::cmd("SET");
+        set.arg(self.event_key(&e.id)).arg(json).arg("PX").arg(EVENT_TTL.as_millis() as u64);
+        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
+    }
+
+    async fn unshare_event(&self, id: &EventId) {
+        let Some(mut c) = self.connection().await else { return };
+        let mut del = redis::cmd("DEL");
+        del.arg(self.event_key(id));
+        let _ = tokio::time::timeout(SHARED_TIMEOUT, del.query_async::<()>(&mut c)).await;
     }
 
     /// Sends a seat change to every node's seat feed.

@@ -59,7 +59,7 @@ pub struct EventPatch {
     pub status: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WaitingRoom {
     pub enabled: bool,
     pub admission_rate_per_minute: u32,
@@ -67,7 +67,9 @@ pub struct WaitingRoom {
     pub prequeue_opens_at: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug)]
+/// Serializable so a node can share it with others through the Redis
+/// catalog tier; it is never sent to clients as is (see `EventView`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: EventId,
     pub venue_id: VenueId,

@@ -14,7 +14,8 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 
 /// Milliseconds since the Unix epoch, UTC. Stored as an integer in every
 /// backend so comparisons in SQL are exact and cheap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Timestamp(i64);
 
 impl Timestamp {

@@ -168,3 +168,34 @@ async fn a_fan_watching_one_node_sees_holds_made_through_another() {
     let (_, change) = crate::catalog::next_sse(&mut stream, &mut buf).await;
     assert_eq!(change, json!({"seats": ["D4", "D5"], "status": "available"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
+    use sqlx::Connection;
+    let cluster = spawn_cluster(2, Some(redis_url())).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let event = a.demo_event(json!({})).await;
+    let path = format!("/v1/events/{event}");
+    assert_eq!(a.get(&path, None).await.body["title"], "Opening Night", "A reads the store and shares it");
+
+    // Change the row behind the API's back: a node that read the store
+    // now would see it; one served from the shared tier would not.
+    let mut db = sqlx::PgConnection::connect(cluster.database_url()).await.unwrap();
+    sqlx::query("UPDATE events SET title = 'Changed Behind The API' WHERE id = $1")
+        .bind(&event)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(b.get(&path, None).await.body["title"], "Opening Night", "B was served A's shared copy");
+
+    // An admin change drops the shared copy and every node's own.
+    let r = a
+        .send(reqwest::Method::PATCH, &path, Some(crate::helpers::ADMIN_TOKEN), Some(json!({"high_demand": true})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let fresh = eventually(std::time::Duration::from_secs(1), || async {
+        b.get(&path, None).await.body["title"] == "Changed Behind The API"
+    })
+    .await;
+    assert!(fresh, "B reads the store again after the change");
+}

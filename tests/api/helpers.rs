@@ -143,6 +143,13 @@ pub struct Cluster {
     _redis_keys: Option<RedisPrefix>,
 }
 
+impl Cluster {
+    /// The cluster's PostgreSQL database, for tests that look behind the API.
+    pub fn database_url(&self) -> &str {
+        &self._database.url
+    }
+}
+
 pub async fn spawn_cluster(n: usize, redis_url: Option<String>) -> Cluster {
     let setup = Setup { backend: Backend::Postgres, redis_url };
     let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
