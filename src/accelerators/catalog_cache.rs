@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | event details (with prices) | 10 s | prices may be at most 10 s old; also shared between nodes in Redis |
 //! | venue details | 24 h | venues do not change after creation |
-//! | search results | 10 s | they show prices |
+//! | search results | 10 s | they show prices; also shared between nodes in Redis |
 //! | availability counts | 1 s | "at most about 2 s stale" |
 //!
 //! Seat status, holds and locks are never cached. An admin change
@@ -127,13 +127,27 @@ impl CatalogCache {
         Ok(v)
     }
 
+    /// Like [`CatalogCache::event`]: this node, then the shared tier, then
+    /// the store (a read replica when there is one).
     pub async fn search(&self, q: &EventQuery) -> StoreResult<Arc<Vec<Event>>> {
         let key = format!("{q:?}");
         if let Some(r) = self.searches.get(&key) {
             return Ok(r);
         }
+        let shared = match &self.bus {
+            Some(bus) => bus.shared_search(&key).await,
+            None => SharedSearch::Off,
+        };
+        if let SharedSearch::Hit(found) = shared {
+            let r = Arc::new(found);
+            self.searches.insert(key, r.clone());
+            return Ok(r);
+        }
         let r = Arc::new(self.store.search_events(q).await?);
         self.searches.insert(key, r.clone());
+        if let (Some(bus), SharedSearch::Miss { slot }) = (&self.bus, shared) {
+            bus.share_search(&slot, &r).await;
+        }
         Ok(r)
     }
 
@@ -153,6 +167,7 @@ impl CatalogCache {
     pub async fn changed(&self, change: CatalogChange, now: Timestamp) {
         if let (Some(bus), CatalogChange::Event(id)) = (&self.bus, &change) {
             bus.unshare_event(id).await;
+            bus.retire_searches().await;
         }
         self.apply(&change, now).await;
         if let Some(bus) = &self.bus {
@@ -192,6 +207,17 @@ impl CatalogCache {
     pub fn has_event(&self, id: &EventId) -> bool {
         self.events.contains_key(id)
     }
+}
+
+/// What the shared tier knows of a search.
+enum SharedSearch {
+    /// No Redis, or it did not answer: use the store, share nothing.
+    Off,
+    Hit(Vec<Event>),
+    /// Not there; after reading the store, share it in `slot`.
+    Miss {
+        slot: String,
+    },
 }
 
 /// Catalog changes over Redis pub/sub.
@@ -285,6 +311,53 @@ impl RedisBus {
         let mut del = redis::cmd("DEL");
         del.arg(self.event_key(id));
         let _ = tokio::time::timeout(SHARED_TIMEOUT, del.query_async::<()>(&mut c)).await;
+    }
+
+    fn search_version_key(&self) -> String {
+        format!("{}search:version", self.prefix)
+    }
+
+    /// Looks a search up in the shared tier. Search keys carry a version
+    /// that every event change bumps, so one change retires them all.
+    async fn shared_search(&self, query: &str) -> SharedSearch {
+        let Some(mut c) = self.connection().await else { return SharedSearch::Off };
+        let mut get = redis::cmd("GET");
+        get.arg(self.search_version_key());
+        let version = match tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<u64>>(&mut c)).await {
+            Ok(Ok(v)) => v.unwrap_or(0),
+            _ => return SharedSearch::Off,
+        };
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(query.as_bytes());
+        let slot = format!(
+            "{}search:{version}:{}",
+            self.prefix,
+            digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut get = redis::cmd("GET");
+        get.arg(&slot);
+        match tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await {
+            Ok(Ok(Some(json))) => match serde_json::from_str(&json) {
+                Ok(found) => SharedSearch::Hit(found),
+                Err(_) => SharedSearch::Miss { slot },
+            },
+            Ok(Ok(None)) => SharedSearch::Miss { slot },
+            _ => SharedSearch::Off,
+        }
+    }
+
+    async fn share_search(&self, slot: &str, found: &[Event]) {
+        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(found)) else { return };
+        let mut set = redis::cmd("SET");
+        set.arg(slot).arg(json).arg("PX").arg(SEARCH_TTL.as_millis() as u64);
+        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
+    }
+
+    async fn retire_searches(&self) {
+        let Some(mut c) = self.connection().await else { return };
+        let mut incr = redis::cmd("INCR");
+        incr.arg(self.search_version_key());
+        let _ = tokio::time::timeout(SHARED_TIMEOUT, incr.query_async::<i64>(&mut c)).await;
     }
 
     /// Sends a seat change to every node's seat feed.

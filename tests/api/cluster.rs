@@ -199,3 +199,42 @@ async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
     .await;
     assert!(fresh, "B reads the store again after the change");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_share_search_results_through_redis_until_an_event_changes() {
+    use sqlx::Connection;
+    let cluster = spawn_cluster(2, Some(redis_url())).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let event = a.demo_event(json!({})).await;
+    let titles = |r: &crate::helpers::Reply| -> Vec<String> {
+        r.body["data"].as_array().unwrap().iter().map(|e| e["title"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(titles(&a.get("/v1/events?city=springfield", None).await), ["Opening Night"]);
+
+    let mut db = sqlx::PgConnection::connect(cluster.database_url()).await.unwrap();
+    sqlx::query("UPDATE events SET title = 'Changed Behind The API' WHERE id = $1")
+        .bind(&event)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        titles(&b.get("/v1/events?city=springfield", None).await),
+        ["Opening Night"],
+        "B was served A's shared result"
+    );
+
+    let r = a
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/v1/events/{event}"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            Some(json!({"high_demand": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let fresh = eventually(std::time::Duration::from_secs(1), || async {
+        titles(&b.get("/v1/events?city=springfield", None).await) == ["Changed Behind The API"]
+    })
+    .await;
+    assert!(fresh, "an event change retires every shared search");
+}
