@@ -118,11 +118,6 @@ impl InProcessSeatLocks {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Forgets every lock, as a restart would. Correctness must not care.
-    pub fn clear(&self) {
-        self.events.write().clear();
-    }
 }
 
 #[async_trait]

@@ -1,16 +1,10 @@
 //! Three stateless nodes on one PostgreSQL and one Redis, requests spread
 //! over them as a load balancer would.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::sync::Barrier;
 
-use crate::helpers::{race, spawn_cluster, winners};
+use crate::helpers::{race, sell_out, spawn_cluster, winners};
 use crate::redis_support::redis_url;
 use boxoffice::demo;
 
@@ -37,46 +31,7 @@ async fn best_available_from_three_nodes_sells_out_exactly() {
     let venue = first.create_venue(demo::sized_venue_json("Cluster Hall", "Springfield", 15, 20, 0)).await;
     let event = first.create_event(&venue, json!({"max_tickets_per_customer": 100})).await;
     let tokens = first.customers(300).await;
-    let barrier = Arc::new(Barrier::new(tokens.len()));
-    let tasks: Vec<_> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (node, barrier, event) = (cluster.nodes[i % 3].clone(), barrier.clone(), event.clone());
-            tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(i as u64);
-                let mut want: u32 = rng.random_range(1..=4);
-                let mut got = Vec::new();
-                barrier.wait().await;
-                while want > 0 {
-                    let r = node.hold(&t, &event, json!({"best_available": {"count": want}})).await;
-                    match r.status {
-                        StatusCode::CREATED => {
-                            let seats: Vec<String> = r.body["seats"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .map(|s| s.as_str().unwrap().to_owned())
-                                .collect();
-                            got.push((r.id(), seats));
-                            want = rng.random_range(1..=4);
-                        }
-                        StatusCode::CONFLICT => want -= 1,
-                        other => panic!("unexpected {other}: {}", r.body),
-                    }
-                }
-                got
-            })
-        })
-        .collect();
-    let mut owner: BTreeMap<String, String> = BTreeMap::new();
-    for t in tasks {
-        for (hold, seats) in t.await.unwrap() {
-            for s in seats {
-                assert!(owner.insert(s.clone(), hold.clone()).is_none(), "{s} sold twice");
-            }
-        }
-    }
+    let owner = sell_out(&cluster.nodes, &tokens, &event).await;
     assert_eq!(owner.len(), 300);
     let a = first.get(&format!("/v1/events/{event}/availability"), None).await;
     assert_eq!((a.body["total"].as_u64(), a.body["held"].as_u64()), (Some(300), Some(300)));
@@ -171,7 +126,6 @@ async fn a_fan_watching_one_node_sees_holds_made_through_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
-    use sqlx::Connection;
     let cluster = spawn_cluster(2, Some(redis_url())).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let event = a.demo_event(json!({})).await;
@@ -180,12 +134,7 @@ async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
 
     // Change the row behind the API's back: a node that read the store
     // now would see it; one served from the shared tier would not.
-    let mut db = sqlx::PgConnection::connect(cluster.database_url()).await.unwrap();
-    sqlx::query("UPDATE events SET title = 'Changed Behind The API' WHERE id = $1")
-        .bind(&event)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    retitle_behind_the_api(&cluster, &event).await;
     assert_eq!(b.get(&path, None).await.body["title"], "Opening Night", "B was served A's shared copy");
 
     // An admin change drops the shared copy and every node's own.
@@ -202,7 +151,6 @@ async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_share_search_results_through_redis_until_an_event_changes() {
-    use sqlx::Connection;
     let cluster = spawn_cluster(2, Some(redis_url())).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let event = a.demo_event(json!({})).await;
@@ -211,12 +159,7 @@ async fn nodes_share_search_results_through_redis_until_an_event_changes() {
     };
     assert_eq!(titles(&a.get("/v1/events?city=springfield", None).await), ["Opening Night"]);
 
-    let mut db = sqlx::PgConnection::connect(cluster.database_url()).await.unwrap();
-    sqlx::query("UPDATE events SET title = 'Changed Behind The API' WHERE id = $1")
-        .bind(&event)
-        .execute(&mut db)
-        .await
-        .unwrap();
+    retitle_behind_the_api(&cluster, &event).await;
     assert_eq!(
         titles(&b.get("/v1/events?city=springfield", None).await),
         ["Opening Night"],
@@ -237,4 +180,16 @@ async fn nodes_share_search_results_through_redis_until_an_event_changes() {
     })
     .await;
     assert!(fresh, "an event change retires every shared search");
+}
+
+/// Changes an event's title in the database directly, so a node that
+/// reads the store sees it and one served from a cache does not.
+async fn retitle_behind_the_api(cluster: &crate::helpers::Cluster, event: &str) {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(cluster.database_url()).await.unwrap();
+    sqlx::query("UPDATE events SET title = 'Changed Behind The API' WHERE id = $1")
+        .bind(event)
+        .execute(&mut db)
+        .await
+        .unwrap();
 }

@@ -362,3 +362,60 @@ pub fn winners(results: &[(usize, Reply)]) -> usize {
     }
     wins
 }
+
+/// Every token's fan, released together, buys best-available holds of 1–4
+/// seats (seeded per fan) through `nodes` round-robin, stepping the count
+/// down on 409 until not even one seat is left. Returns seat → hold id,
+/// asserting each hold has exactly the seats asked for and no seat is in
+/// two holds.
+pub async fn sell_out(
+    nodes: &[Arc<TestApp>],
+    tokens: &[String],
+    event: &str,
+) -> std::collections::BTreeMap<String, String> {
+    use rand::{Rng, SeedableRng};
+    let barrier = Arc::new(tokio::sync::Barrier::new(tokens.len()));
+    let mut tasks = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().cloned().enumerate() {
+        let (node, barrier, event) = (nodes[i % nodes.len()].clone(), barrier.clone(), event.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+            let mut want: u32 = rng.random_range(1..=4);
+            let mut held: Vec<(String, Vec<String>)> = Vec::new();
+            barrier.wait().await;
+            while want > 0 {
+                let r = node.hold(&token, &event, json!({"best_available": {"count": want}})).await;
+                match r.status {
+                    StatusCode::CREATED => {
+                        let seats: Vec<String> = r.body["seats"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|s| s.as_str().unwrap().to_owned())
+                            .collect();
+                        assert_eq!(seats.len() as u32, want, "a hold has exactly the seats asked for");
+                        held.push((r.id(), seats));
+                        want = rng.random_range(1..=4);
+                    }
+                    StatusCode::CONFLICT => {
+                        r.assert_problem(409, "seat_unavailable");
+                        want -= 1;
+                    }
+                    other => panic!("unexpected {other}: {}", r.body),
+                }
+            }
+            held
+        }));
+    }
+    let mut owner = std::collections::BTreeMap::new();
+    for t in tasks {
+        for (hold, seats) in t.await.unwrap() {
+            for s in seats {
+                if let Some(prev) = owner.insert(s.clone(), hold.clone()) {
+                    panic!("seat {s} is in two holds: {prev} and {hold}");
+                }
+            }
+        }
+    }
+    owner
+}

@@ -9,9 +9,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::sync::Barrier;
 
-use crate::helpers::{race, spawn_app_on, Backend, Reply};
+use crate::helpers::{race, sell_out, spawn_app_on, Backend, Reply};
 use boxoffice::demo;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -64,51 +63,7 @@ async fn best_available_sell_out(backend: Backend) {
     let venue = app.create_venue(demo::sized_venue_json("Sellout Hall", "Springfield", 15, 20, 0)).await;
     let event = app.create_event(&venue, json!({"max_tickets_per_customer": 100})).await;
     let tokens = app.customers(500).await;
-    let barrier = Arc::new(Barrier::new(tokens.len()));
-
-    let mut tasks = Vec::new();
-    for (i, token) in tokens.iter().cloned().enumerate() {
-        let (app, barrier, event) = (app.clone(), barrier.clone(), event.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(i as u64);
-            let mut want: u32 = rng.random_range(1..=4);
-            let mut held: Vec<(String, Vec<String>)> = Vec::new();
-            barrier.wait().await;
-            // Keep buying until not even one seat is left.
-            while want > 0 {
-                let r = app.hold(&token, &event, json!({"best_available": {"count": want}})).await;
-                match r.status {
-                    StatusCode::CREATED => {
-                        let seats: Vec<String> = r.body["seats"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|s| s.as_str().unwrap().to_owned())
-                            .collect();
-                        assert_eq!(seats.len() as u32, want, "a hold has exactly the seats asked for");
-                        held.push((r.id(), seats));
-                        want = rng.random_range(1..=4);
-                    }
-                    StatusCode::CONFLICT => {
-                        r.assert_problem(409, "seat_unavailable");
-                        want -= 1;
-                    }
-                    other => panic!("unexpected {other}: {}", r.body),
-                }
-            }
-            held
-        }));
-    }
-    let mut owner: BTreeMap<String, String> = BTreeMap::new();
-    for t in tasks {
-        for (hold, seats) in t.await.unwrap() {
-            for s in seats {
-                if let Some(prev) = owner.insert(s.clone(), hold.clone()) {
-                    panic!("seat {s} is in two holds: {prev} and {hold}");
-                }
-            }
-        }
-    }
+    let owner = sell_out(std::slice::from_ref(&app), &tokens, &event).await;
     assert_eq!(owner.len(), 300, "every seat was sold to someone");
     let statuses = app.seat_statuses(&event).await;
     assert_eq!(statuses.len(), 300);
