@@ -412,34 +412,9 @@ fn main() {
 
         // Over HTTP: a fresh database per phase so each starts empty.
         let client = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (app, _, _) = new_app(Backing::Sqlite(dir.path())).await;
-        let base = serve(app);
-        let baseline = {
-            let (client, url) = (client.clone(), format!("{base}/bench/noop"));
-            drive("HTTP no-op JSON POST (baseline)", move |_, _| {
-                let req = client.post(&url).json(&json!({"seats": ["A7"]}));
-                async move {
-                    match req.send().await {
-                        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
-                        _ => Err(()),
-                    }
-                }
-            })
-            .await
-        };
-        baseline.print(Some(baseline.rate()));
-
-        for (label, hot) in [("HTTP holds, random seats", false), ("HTTP holds, 10 hot seats", true)] {
-            if !phase(if hot { "hot" } else { "random" }) {
-                continue;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
-            let base = serve(app);
-            http_holds(label, &client, &base, &event, hot).await.print(Some(baseline.rate()));
+        if ["noop", "random", "hot"].iter().any(|p| phase(p)) {
+            embedded_http(&client).await;
         }
-        println!("\nratio = req/s over the no-op baseline's req/s; target for embedded HTTP holds: >= 0.50x");
 
         // Scale-out: PostgreSQL plus Redis, one node, same client.
         if !["pg-raw", "pg-random", "pg-hot", "pg-stampede"].iter().any(|p| phase(p)) {
@@ -483,4 +458,37 @@ fn main() {
             db.drop_now().await;
         }
     });
+}
+
+/// The embedded phases over HTTP: the no-op baseline, then holds, each on a
+/// fresh database so each starts empty.
+async fn embedded_http(client: &reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _, _) = new_app(Backing::Sqlite(dir.path())).await;
+    let base = serve(app);
+    let baseline = {
+        let (client, url) = (client.clone(), format!("{base}/bench/noop"));
+        drive("HTTP no-op JSON POST (baseline)", move |_, _| {
+            let req = client.post(&url).json(&json!({"seats": ["A7"]}));
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
+                    _ => Err(()),
+                }
+            }
+        })
+        .await
+    };
+    baseline.print(Some(baseline.rate()));
+
+    for (label, hot) in [("HTTP holds, random seats", false), ("HTTP holds, 10 hot seats", true)] {
+        if !phase(if hot { "hot" } else { "random" }) {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
+        let base = serve(app);
+        http_holds(label, &client, &base, &event, hot).await.print(Some(baseline.rate()));
+    }
+    println!("\nratio = req/s over the no-op baseline's req/s; target for embedded HTTP holds: >= 0.50x");
 }

@@ -348,9 +348,12 @@ pub mod cases {
         let released = hold(store, &e, &a, seats(&["J3"]), at(31)).await.unwrap();
         store.release_hold(&released.id, &a.id, at(32)).await.unwrap();
         hold(store, &e, &b, seats(&["J4"]), at(33)).await.unwrap();
+        // Another customer (another session) with a's email: same buyer, not a's holds.
+        let a_again = customer(store, "a@example.com").await;
+        hold(store, &e, &a_again, seats(&["J5"]), at(34)).await.unwrap();
         let mine: Vec<HoldId> =
-            store.customer_holds(&a.id, at(60), 100).await.unwrap().into_iter().map(|h| h.id).collect();
-        assert_eq!(mine, vec![live.id], "not the lapsed one, not the released one, not b's");
+            store.customer_holds(&a, at(60), 100).await.unwrap().into_iter().map(|h| h.id).collect();
+        assert_eq!(mine, vec![live.id], "not the lapsed one, not the released one, not b's, not a_again's");
         assert!(!mine.contains(&old.id));
     }
 

@@ -104,7 +104,7 @@ pub async fn my_holds(
     CurrentCustomer(customer): CurrentCustomer,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = state.clock.now();
-    let holds = state.store.customer_holds(&customer.id, now, 100).await?;
+    let holds = state.store.customer_holds(&customer, now, 100).await?;
     Ok((no_store(), Json(HoldList { data: holds.iter().map(|h| HoldView::new(h, now)).collect() })))
 }
 

@@ -252,7 +252,7 @@ pub trait Store: Send + Sync + 'static {
     async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>>;
     /// The customer's live holds (held and not lapsed, or in checkout),
     /// newest first, at most `limit`.
-    async fn customer_holds(&self, customer: &CustomerId, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>>;
+    async fn customer_holds(&self, customer: &Customer, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>>;
     /// Releases the customer's own hold; someone else's is `NotFound`.
     async fn release_hold(&self, id: &HoldId, customer: &CustomerId, now: Timestamp) -> StoreResult<ReleaseOutcome>;
     /// Ends up to `limit` holds whose time ran out. Idempotent and safe to

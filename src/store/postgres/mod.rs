@@ -921,12 +921,12 @@ impl Store for PgStore {
         row.as_ref().map(hold_from_row).transpose().map_err(err)
     }
 
-    async fn customer_holds(&self, customer: &CustomerId, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>> {
+    async fn customer_holds(&self, customer: &Customer, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>> {
         let rows = sqlx::query(&format!(
             "SELECT {HOLD_COLUMNS} FROM holds WHERE customer_id = $1 AND status IN ('held', 'checkout') \
                AND (status = 'checkout' OR expires_at > $2) ORDER BY created_at DESC LIMIT $3"
         ))
-        .bind(customer.as_str())
+        .bind(customer.id.as_str())
         .bind(now.as_millis())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
