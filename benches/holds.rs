@@ -488,7 +488,7 @@ async fn embedded_http(client: &reqwest::Client) {
         let dir = tempfile::tempdir().unwrap();
         let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
         let base = serve(app);
-        http_holds(label, &client, &base, &event, hot).await.print(Some(baseline.rate()));
+        http_holds(label, client, &base, &event, hot).await.print(Some(baseline.rate()));
     }
     println!("\nratio = req/s over the no-op baseline's req/s; target for embedded HTTP holds: >= 0.50x");
 }
