@@ -215,6 +215,89 @@ pub mod cases {
         assert!(hold(store, &e, &laptop, seats(&["C3", "C4", "C5"]), at(60)).await.is_ok());
     }
 
+    /// Many holds of one buyer at once (other sessions, same email) on
+    /// different seats: the limit is counted in turn, never all at once.
+    pub async fn one_buyer_racing_many_holds_gets_exactly_the_limit(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 4, "hold_ttl_seconds": 60})).await;
+        let n = 12;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, e, barrier) = (store.clone(), e.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let who = customer(&store, "greedy@example.com").await;
+                    barrier.wait().await;
+                    hold(&store, &e, &who, seats(&[&format!("E{}", i + 1)]), T0).await
+                })
+            })
+            .collect();
+        let (mut won, mut limited) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(HoldRejection::LimitExceeded(l)) => {
+                    assert_eq!(l.limit, 4);
+                    limited += 1;
+                }
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((won, limited), (4, 8));
+    }
+
+    /// Placements settled together still get each their own answer.
+    pub async fn concurrent_holds_with_different_outcomes_each_get_their_own(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 60})).await;
+        let missing = Event { id: EventId::generate(), ..e.clone() };
+        let wants: Vec<(Event, Vec<&str>)> = vec![
+            (e.clone(), vec!["F1", "F2"]),
+            (e.clone(), vec!["F2", "F3"]),
+            (e.clone(), vec!["F4", "ZZ99"]),
+            (missing, vec!["F5"]),
+            (e.clone(), vec!["F6"]),
+        ];
+        let barrier = Arc::new(Barrier::new(wants.len()));
+        let tasks: Vec<_> = wants
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ev, want))| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let want: Vec<String> = want.into_iter().map(str::to_owned).collect();
+                tokio::spawn(async move {
+                    let who = customer(&store, &format!("mixed{i}@example.com")).await;
+                    barrier.wait().await;
+                    let refs: Vec<&str> = want.iter().map(String::as_str).collect();
+                    hold(&store, &ev, &who, seats(&refs), T0).await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        // F1+F2 and F2+F3 overlap: exactly one of them, whole.
+        match (&results[0], &results[1]) {
+            (Ok(h), Err(HoldRejection::Unavailable(u))) => {
+                assert_eq!(h.seats.len(), 2);
+                assert_eq!(u, &vec!["F2".to_owned()]);
+            }
+            (Err(HoldRejection::Unavailable(u)), Ok(h)) => {
+                assert_eq!(h.seats.len(), 2);
+                assert_eq!(u, &vec!["F2".to_owned()]);
+            }
+            other => panic!("expected one winner of F2, got {other:?}"),
+        }
+        assert_eq!(results[2].as_ref().err(), Some(&HoldRejection::InvalidSeats(vec!["ZZ99".into()])));
+        assert_eq!(results[3].as_ref().err(), Some(&HoldRejection::EventNotFound));
+        assert!(results[4].is_ok());
+        let map = store.seat_map_state(&e.id, T0).await.unwrap().unwrap();
+        let status = |id: &str| map.seats.iter().find(|s| s.id.as_str() == id).unwrap().status;
+        assert_eq!(status("F4"), boxoffice::store::SeatStatus::Available, "the invalid hold took nothing");
+        assert_eq!(status("F6"), boxoffice::store::SeatStatus::Held);
+        let loser = if results[0].is_ok() { "F3" } else { "F1" };
+        assert_eq!(status(loser), boxoffice::store::SeatStatus::Available, "the loser took nothing");
+    }
+
     pub async fn one_seat_raced_by_many_has_exactly_one_winner(store: &DynStore) {
         let e = event_with(store, serde_json::json!({})).await;
         let mut wins = 0;
@@ -466,6 +549,8 @@ macro_rules! all_cases {
             unknown_seats_are_invalid_not_unavailable,
             lapsed_holds_are_available_at_once,
             purchase_limit_counts_the_buyer_across_sessions,
+            one_buyer_racing_many_holds_gets_exactly_the_limit,
+            concurrent_holds_with_different_outcomes_each_get_their_own,
             one_seat_raced_by_many_has_exactly_one_winner,
             overlapping_multi_seat_races_leave_no_partial_hold,
             ga_capacity_holds_under_concurrency,

@@ -41,6 +41,18 @@ pub enum StoreError {
     Internal(#[from] anyhow::Error),
 }
 
+impl StoreError {
+    /// The same failure again, for each caller of a shared batch.
+    pub(crate) fn replicate(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(e) => StoreError::Unavailable(anyhow::anyhow!("{e:#}")),
+            StoreError::Duplicate(s) => StoreError::Duplicate(s.clone()),
+            StoreError::Conflict => StoreError::Conflict,
+            StoreError::Internal(e) => StoreError::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
 /// A signed-in customer, as a session token resolves to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Customer {

@@ -17,7 +17,7 @@
 //! * The purchase limit takes a transaction-scoped advisory lock per
 //!   (buyer, event), so two concurrent holds of one buyer are counted in turn.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
+
+mod batch;
 
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -79,6 +81,8 @@ pub struct PgStore {
     /// turn; the primary when none is configured.
     replicas: Vec<PgPool>,
     next_replica: AtomicUsize,
+    /// Group commit for explicit-seat holds.
+    batcher: batch::HoldBatcher,
 }
 
 async fn pool(url: &str, s: &PgSettings) -> anyhow::Result<PgPool> {
@@ -101,7 +105,8 @@ impl PgStore {
         for url in replicas {
             pools.push(self::pool(url, s).await.context("connecting to a read replica")?);
         }
-        Ok(PgStore { pool, replicas: pools, next_replica: AtomicUsize::new(0) })
+        let batcher = batch::HoldBatcher::spawn(pool.clone());
+        Ok(PgStore { pool, replicas: pools, next_replica: AtomicUsize::new(0), batcher })
     }
 
     /// The pool for a lag-tolerant read.
@@ -311,47 +316,88 @@ async fn take_seats(
     )))
 }
 
-/// Frees whatever of `seats` is still held by `hold_id`, and its GA places.
-async fn release_inventory(
-    tx: &mut Tx,
-    hold_id: &str,
-    event_id: &str,
-    seats: &[SeatId],
-    ga: Option<&GaSelection>,
-) -> anyhow::Result<Vec<SeatId>> {
-    let wanted = ids(seats);
-    lock_in_order(tx, event_id, &wanted).await?;
-    let freed: Vec<String> = sqlx::query_scalar(
-        "UPDATE seats SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = version + 1 \
-         WHERE event_id = $2 AND seat_id = ANY($3) AND hold_id = $1 AND status = 'held' RETURNING seat_id",
-    )
-    .bind(hold_id)
-    .bind(event_id)
-    .bind(&wanted)
-    .fetch_all(&mut **tx)
-    .await?;
-    if let Some(g) = ga {
-        sqlx::query("UPDATE ga_inventory SET held = held - $3 WHERE event_id = $1 AND area_id = $2")
-            .bind(event_id)
-            .bind(g.area.as_str())
-            .bind(g.count as i32)
-            .execute(&mut **tx)
-            .await?;
+/// Frees, for each of `holds`, whatever of its seats is still held by it,
+/// and its GA places: a fixed number of statements however many holds (the
+/// sweeper ends hundreds at a time). Returns the seats freed per hold, in
+/// order. Seat rows are locked in (event, seat) order first, as everywhere.
+async fn release_inventory(tx: &mut Tx, holds: &[Hold]) -> anyhow::Result<Vec<Vec<SeatId>>> {
+    let mut u = (Vec::new(), Vec::new(), Vec::new());
+    for h in holds {
+        for seat in &h.seats {
+            u.0.push(h.id.as_str());
+            u.1.push(h.event_id.as_str());
+            u.2.push(seat.as_str());
+        }
     }
-    Ok(freed.into_iter().map(SeatId::from_trusted).collect())
+    let mut freed: HashMap<String, Vec<SeatId>> = HashMap::new();
+    if u.2.len() > 1 {
+        sqlx::query(
+            "SELECT 1 FROM seats WHERE (event_id, seat_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+             ORDER BY event_id, seat_id FOR UPDATE",
+        )
+        .bind(&u.1)
+        .bind(&u.2)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !u.2.is_empty() {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE seats s SET status = 'available', hold_id = NULL, hold_expires_at = NULL, version = s.version + 1 \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(hold_id, event_id, seat_id) \
+             WHERE s.event_id = u.event_id AND s.seat_id = u.seat_id AND s.hold_id = u.hold_id \
+               AND s.status = 'held' \
+             RETURNING u.hold_id, s.seat_id",
+        )
+        .bind(&u.0)
+        .bind(&u.1)
+        .bind(&u.2)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (hold, seat) in rows {
+            freed.entry(hold).or_default().push(SeatId::from_trusted(seat));
+        }
+    }
+    let mut ga: BTreeMap<(&str, &str), i32> = BTreeMap::new();
+    for h in holds {
+        if let Some(g) = &h.ga {
+            *ga.entry((h.event_id.as_str(), g.area.as_str())).or_default() += g.count as i32;
+        }
+    }
+    if !ga.is_empty() {
+        let (keys, counts): (Vec<_>, Vec<i32>) = ga.into_iter().unzip();
+        let (events, areas): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+        sqlx::query(
+            "UPDATE ga_inventory g SET held = g.held - d.n \
+             FROM unnest($1::text[], $2::text[], $3::int[]) AS d(event_id, area_id, n) \
+             WHERE g.event_id = d.event_id AND g.area_id = d.area_id",
+        )
+        .bind(&events)
+        .bind(&areas)
+        .bind(&counts)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(holds
+        .iter()
+        .map(|h| {
+            let mut seats = freed.remove(h.id.as_str()).unwrap_or_default();
+            seats.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            seats
+        })
+        .collect())
 }
 
-/// Ends the given holds if they are still `held` and lapsed; each is ended
-/// by exactly one caller (the `status = 'held'` guard re-checks after any
-/// concurrent change).
+/// Gives back the inventory of holds that were just moved out of `held`
+/// (each by exactly one caller: the `status = 'held'` guard re-checks after
+/// any concurrent change).
 async fn expire(tx: &mut Tx, rows: Vec<PgRow>) -> anyhow::Result<Vec<ExpiredHold>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let h = hold_from_row(&r)?;
-        let freed = release_inventory(tx, h.id.as_str(), h.event_id.as_str(), &h.seats, h.ga.as_ref()).await?;
-        out.push(ExpiredHold { id: h.id, event_id: h.event_id, seats: h.seats, freed, ga: h.ga });
-    }
-    Ok(out)
+    let holds: Vec<Hold> = rows.iter().map(hold_from_row).collect::<anyhow::Result<_>>()?;
+    let freed = release_inventory(tx, &holds).await?;
+    Ok(holds
+        .into_iter()
+        .zip(freed)
+        .map(|(h, freed)| ExpiredHold { id: h.id, event_id: h.event_id, seats: h.seats, freed, ga: h.ga })
+        .collect())
 }
 
 async fn take_ga(
@@ -482,7 +528,7 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
     }
     let buyer = p.customer.email.as_str();
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("limit|{buyer}|{}", p.event_id))
+        .bind(batch::limit_key(p))
         .execute(&mut *tx)
         .await?;
     let already: i64 = sqlx::query_scalar(
@@ -504,12 +550,7 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
 
     let expires_at = p.now.plus_secs(event.hold_ttl_seconds);
     let (seats, ga, categories) = match &p.selection {
-        Selection::Seats(seats) => {
-            match take_seats(&mut tx, p.event_id.as_str(), seats, p.hold_id.as_str(), expires_at, p.now).await? {
-                Ok(cats) => (seats.clone(), None, cats),
-                Err(r) => return Ok(Err(r)),
-            }
-        }
+        Selection::Seats(_) => bail!("explicit-seat holds are settled by the hold batcher"),
         Selection::BestAvailable { count, category } => {
             let order = match category {
                 Some(c) if event.prices.contains_key(c) => vec![c.clone()],
@@ -896,6 +937,9 @@ impl Store for PgStore {
     }
 
     async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>> {
+        if matches!(p.selection, Selection::Seats(_)) {
+            return self.batcher.place(p).await;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -964,8 +1008,7 @@ impl Store for PgStore {
                     .await?
                     .rows_affected();
                     let freed = if moved == 1 {
-                        release_inventory(&mut tx, id.as_str(), hold.event_id.as_str(), &hold.seats, hold.ga.as_ref())
-                            .await?
+                        release_inventory(&mut tx, std::slice::from_ref(&hold)).await?.pop().unwrap_or_default()
                     } else {
                         vec![]
                     };
