@@ -50,6 +50,35 @@ async fn release_is_compare_and_delete(locks: &dyn SeatLocks) {
     assert_eq!(locks.try_lock(&e, &seats(&["B1"]), &a, until, now).await.unwrap(), LockOutcome::Acquired);
 }
 
+/// Many holds' locks released in one call (what the sweeper does): each seat
+/// goes only if the hold paired with it still has it.
+async fn release_each_checks_every_seat_against_its_own_hold(locks: &dyn SeatLocks) {
+    let e = EventId::generate();
+    let (a, b, c) = (HoldId::generate(), HoldId::generate(), HoldId::generate());
+    let now = SystemClock.now();
+    let until = now.plus_secs(60);
+    locks.try_lock(&e, &seats(&["E1", "E2"]), &a, until, now).await.unwrap();
+    locks.try_lock(&e, &seats(&["E3"]), &b, until, now).await.unwrap();
+    locks.try_lock(&e, &seats(&["E4"]), &c, until, now).await.unwrap();
+    let pairs = vec![
+        (seats(&["E1"])[0].clone(), a.clone()),
+        (seats(&["E2"])[0].clone(), a.clone()),
+        (seats(&["E3"])[0].clone(), b.clone()),
+        // E4 is c's, not a's: stays.
+        (seats(&["E4"])[0].clone(), a.clone()),
+    ];
+    locks.release_each(&e, &pairs).await.unwrap();
+    let fresh = HoldId::generate();
+    assert_eq!(
+        locks.try_lock(&e, &seats(&["E1", "E2", "E3"]), &fresh, until, now).await.unwrap(),
+        LockOutcome::Acquired
+    );
+    assert_eq!(
+        locks.try_lock(&e, &seats(&["E4"]), &fresh, until, now).await.unwrap(),
+        LockOutcome::Conflict(seats(&["E4"]))
+    );
+}
+
 async fn one_of_many_concurrent_lockers_wins(locks: Arc<dyn SeatLocks>) {
     let e = EventId::generate();
     let now = SystemClock.now();
@@ -82,6 +111,11 @@ async fn in_process_release_is_compare_and_delete() {
     release_is_compare_and_delete(&InProcessSeatLocks::new()).await;
 }
 
+#[tokio::test]
+async fn in_process_release_each_checks_every_seat_against_its_own_hold() {
+    release_each_checks_every_seat_against_its_own_hold(&InProcessSeatLocks::new()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_concurrent_lockers_have_one_winner() {
     one_of_many_concurrent_lockers_wins(Arc::new(InProcessSeatLocks::new())).await;
@@ -103,6 +137,12 @@ async fn redis_locks_are_all_or_nothing() {
 async fn redis_release_is_compare_and_delete() {
     let p = RedisPrefix::new();
     release_is_compare_and_delete(&redis_locks(&p).await).await;
+}
+
+#[tokio::test]
+async fn redis_release_each_checks_every_seat_against_its_own_hold() {
+    let p = RedisPrefix::new();
+    release_each_checks_every_seat_against_its_own_hold(&redis_locks(&p).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,10 +59,11 @@ for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
 return 0
 ";
 
+/// Compare-and-delete; `ARGV[i]` is the owner that `KEYS[i]` must still have.
 const RELEASE: &str = r"
 local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then n = n + redis.call('DEL', key) end
 end
 return n
 ";
@@ -185,7 +186,7 @@ impl RedisSeatLocks {
         format!("{}{{{event}}}:seat:{seat}", self.prefix)
     }
 
-    async fn run(&self, script: &Script, keys: Vec<String>, owner: &str, ttl_ms: i64) -> anyhow::Result<Value> {
+    async fn run(&self, script: &Script, keys: Vec<String>, args: &[&str]) -> anyhow::Result<Value> {
         if wall_ms() < self.degraded_until.load(Ordering::Relaxed) {
             anyhow::bail!("Redis is degraded; skipping it for now");
         }
@@ -193,7 +194,9 @@ impl RedisSeatLocks {
         for k in &keys {
             inv.key(k);
         }
-        inv.arg(owner).arg(ttl_ms.max(1));
+        for a in args {
+            inv.arg(*a);
+        }
         let outcome = match self.connection() {
             Err(e) => Err(e),
             Ok(conn) => {
@@ -236,8 +239,8 @@ impl SeatLocks for RedisSeatLocks {
         now: Timestamp,
     ) -> anyhow::Result<LockOutcome> {
         let keys = seats.iter().map(|s| self.key(event, s)).collect();
-        let ttl = until.as_millis() - now.as_millis();
-        let v = self.run(&self.try_lock, keys, owner.as_str(), ttl).await?;
+        let ttl = (until.as_millis() - now.as_millis()).max(1).to_string();
+        let v = self.run(&self.try_lock, keys, &[owner.as_str(), &ttl]).await?;
         let taken: Vec<i64> = redis::from_redis_value(&v)?;
         if taken.is_empty() {
             return Ok(LockOutcome::Acquired);
@@ -256,13 +259,17 @@ impl SeatLocks for RedisSeatLocks {
         now: Timestamp,
     ) -> anyhow::Result<()> {
         let keys = seats.iter().map(|s| self.key(event, s)).collect();
-        let ttl = until.as_millis() - now.as_millis();
-        self.run(&self.set, keys, owner.as_str(), ttl).await.map(|_| ())
+        let ttl = (until.as_millis() - now.as_millis()).max(1).to_string();
+        self.run(&self.set, keys, &[owner.as_str(), &ttl]).await.map(|_| ())
     }
 
-    async fn release(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) -> anyhow::Result<()> {
-        let keys = seats.iter().map(|s| self.key(event, s)).collect();
-        self.run(&self.release, keys, owner.as_str(), 1).await.map(|_| ())
+    async fn release_each(&self, event: &EventId, locks: &[(SeatId, HoldId)]) -> anyhow::Result<()> {
+        if locks.is_empty() {
+            return Ok(());
+        }
+        let keys = locks.iter().map(|(s, _)| self.key(event, s)).collect();
+        let owners: Vec<&str> = locks.iter().map(|(_, o)| o.as_str()).collect();
+        self.run(&self.release, keys, &owners).await.map(|_| ())
     }
 
     fn status(&self) -> LockStatus {

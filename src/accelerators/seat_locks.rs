@@ -55,7 +55,15 @@ pub trait SeatLocks: Send + Sync + 'static {
     ) -> anyhow::Result<()>;
 
     /// Compare-and-delete: removes only the locks `owner` still has.
-    async fn release(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) -> anyhow::Result<()>;
+    async fn release(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) -> anyhow::Result<()> {
+        let locks: Vec<(SeatId, HoldId)> = seats.iter().map(|s| (s.clone(), owner.clone())).collect();
+        self.release_each(event, &locks).await
+    }
+
+    /// Compare-and-delete for many holds of one event in one call (the
+    /// sweeper ends hundreds at once): each seat's lock is removed only if
+    /// the hold paired with it still has it.
+    async fn release_each(&self, event: &EventId, locks: &[(SeatId, HoldId)]) -> anyhow::Result<()>;
 
     /// Whether the fast path is working, for `/readyz`.
     fn status(&self) -> LockStatus {
@@ -159,10 +167,10 @@ impl SeatLocks for InProcessSeatLocks {
         Ok(())
     }
 
-    async fn release(&self, event: &EventId, seats: &[SeatId], owner: &HoldId) -> anyhow::Result<()> {
-        let Some(locks) = self.events.read().get(event).cloned() else { return Ok(()) };
-        let mut map = locks.lock();
-        for s in seats {
+    async fn release_each(&self, event: &EventId, locks: &[(SeatId, HoldId)]) -> anyhow::Result<()> {
+        let Some(map) = self.events.read().get(event).cloned() else { return Ok(()) };
+        let mut map = map.lock();
+        for (s, owner) in locks {
             if map.get(s).is_some_and(|l| &l.owner == owner) {
                 map.remove(s);
             }

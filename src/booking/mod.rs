@@ -13,6 +13,7 @@
 //! Best-available and GA holds go straight to the store, which chooses
 //! inside its transaction; the chosen seats are then locked.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,12 +177,29 @@ impl BookingService {
     /// Drops fast-path locks for holds the sweeper ended and tells the
     /// seat-map stream.
     pub async fn forget_expired(&self, expired: &[ExpiredHold]) {
+        // One lock release and one seat-feed message per event, not per
+        // hold: a sweep ends hundreds of holds at once.
+        #[derive(Default)]
+        struct Ended {
+            locks: Vec<(SeatId, HoldId)>,
+            freed: Vec<SeatId>,
+        }
+        let mut by_event: HashMap<&EventId, Ended> = HashMap::new();
         for h in expired {
-            self.forget_locks(&h.event_id, &h.seats, &h.id).await;
-            let ga = h.ga.as_ref().map(|g| GaChange { area: g.area.clone() });
-            if !h.freed.is_empty() || ga.is_some() {
-                self.feed
-                    .publish(&h.event_id, SeatChange { seats: h.freed.clone(), status: ChangeStatus::Available, ga });
+            let ended = by_event.entry(&h.event_id).or_default();
+            ended.locks.extend(h.seats.iter().map(|s| (s.clone(), h.id.clone())));
+            ended.freed.extend(h.freed.iter().cloned());
+            if let Some(g) = &h.ga {
+                let ga = Some(GaChange { area: g.area.clone() });
+                self.feed.publish(&h.event_id, SeatChange { seats: vec![], status: ChangeStatus::Available, ga });
+            }
+        }
+        for (event, ended) in by_event {
+            if let Err(e) = self.locks.release_each(event, &ended.locks).await {
+                tracing::debug!(error = %e, "could not release fast-path locks");
+            }
+            if !ended.freed.is_empty() {
+                self.feed.publish(event, SeatChange { seats: ended.freed, status: ChangeStatus::Available, ga: None });
             }
         }
     }
