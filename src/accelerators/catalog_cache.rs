@@ -6,7 +6,7 @@
 //! | event details (with prices) | 10 s | prices may be at most 10 s old; also shared between nodes in Redis |
 //! | venue details | 24 h | venues do not change after creation |
 //! | search results | 10 s | they show prices; also shared between nodes in Redis |
-//! | availability counts | 1 s | "at most about 2 s stale" |
+//! | availability counts | 1 s | "at most about 2 s stale"; also shared between nodes in Redis for 1 s |
 //!
 //! Seat status, holds and locks are never cached. An admin change
 //! invalidates this node at once and is published on the Redis channel
@@ -151,13 +151,26 @@ impl CatalogCache {
         Ok(r)
     }
 
+    /// This node's copy, else the copy shared in Redis, else the store's
+    /// (then shared for `AVAILABILITY_TTL`). Each tier keeps counts at most
+    /// `AVAILABILITY_TTL` old, so what a fan sees is at most twice that.
     pub async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Arc<Availability>>> {
         if let Some(a) = self.availability.get(id) {
             return Ok(Some(a));
         }
+        if let Some(bus) = &self.bus {
+            if let Some(a) = bus.shared_availability(id).await {
+                let a = Arc::new(a);
+                self.availability.insert(id.clone(), a.clone());
+                return Ok(Some(a));
+            }
+        }
         let a = self.store.availability(id, now).await?.map(Arc::new);
         if let Some(a) = &a {
             self.availability.insert(id.clone(), a.clone());
+            if let Some(bus) = &self.bus {
+                bus.share_availability(id, a).await;
+            }
         }
         Ok(a)
     }
@@ -275,6 +288,27 @@ impl RedisBus {
     /// Carries the event's hash tag like every other key of an event.
     fn event_key(&self, id: &EventId) -> String {
         format!("{}{{{id}}}:event", self.prefix)
+    }
+
+    /// Carries the event's hash tag like every other key of an event.
+    fn availability_key(&self, id: &EventId) -> String {
+        format!("{}{{{id}}}:availability", self.prefix)
+    }
+
+    async fn shared_availability(&self, id: &EventId) -> Option<Availability> {
+        let mut c = self.connection().await?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.availability_key(id));
+        let json =
+            tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await.ok()?.ok()??;
+        serde_json::from_str(&json).ok()
+    }
+
+    async fn share_availability(&self, id: &EventId, a: &Availability) {
+        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(a)) else { return };
+        let mut set = redis::cmd("SET");
+        set.arg(self.availability_key(id)).arg(json).arg("PX").arg(AVAILABILITY_TTL.as_millis() as u64);
+        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
     }
 
     async fn connection(&self) -> Option<redis::aio::ConnectionManager> {

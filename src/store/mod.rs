@@ -69,7 +69,7 @@ pub struct NewSession {
 }
 
 /// How many seats/places are in each state. `held` includes `checkout`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub total: u64,
     pub available: u64,
@@ -86,7 +86,7 @@ impl Counts {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Availability {
     pub all: Counts,
     pub by_category: BTreeMap<Category, Counts>,

@@ -150,6 +150,40 @@ async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_share_availability_counts_through_redis_for_at_most_a_second() {
+    use sqlx::Connection;
+    let cluster = spawn_cluster(2, Some(redis_url())).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut db = sqlx::PgConnection::connect(cluster.database_url()).await.unwrap();
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
+    // The shared copy lives a real second; on a machine too slow to read it
+    // twice within that, the attempt cannot tell anything: try a new event.
+    for _ in 0..5 {
+        let event = a.demo_event(json!({})).await;
+        let path = format!("/v1/events/{event}/availability");
+        let before = a.get(&path, None).await.body;
+        assert_eq!(before["sold"].as_u64(), Some(0), "A reads the store and shares the counts");
+        // Sell a seat behind the API: a node that read the store now would count it.
+        sqlx::query("UPDATE seats SET status = 'sold', order_id = 'ord_behind' WHERE event_id = $1 AND seat_id = 'A1'")
+            .bind(&event)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let seen = b.get(&path, None).await.body;
+        let key = format!("{}{{{event}}}:availability", cluster.redis_prefix());
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut redis).unwrap();
+        if ttl <= 0 {
+            continue;
+        }
+        assert_eq!(seen, before, "B was served A's shared counts");
+        // At most a second in Redis plus a second on B: about two seconds old at worst.
+        assert!(ttl <= 1000, "the shared counts expire within a second: {ttl} ms");
+        return;
+    }
+    panic!("five attempts never found the shared counts within their second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_share_search_results_through_redis_until_an_event_changes() {
     let cluster = spawn_cluster(2, Some(redis_url())).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);

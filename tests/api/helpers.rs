@@ -148,6 +148,11 @@ impl Cluster {
     pub fn database_url(&self) -> &str {
         &self._database.url
     }
+
+    /// The cluster's Redis key prefix, for tests that look behind the API.
+    pub fn redis_prefix(&self) -> &str {
+        self._redis_keys.as_ref().map_or("", |p| p.0.as_str())
+    }
 }
 
 pub async fn spawn_cluster(n: usize, redis_url: Option<String>) -> Cluster {
