@@ -9,8 +9,9 @@
 //!
 //! With Redis configured, changes travel through the Redis channel
 //! `<prefix>seats` to every node (this one included), so a fan sees holds
-//! made through any node; one relay task per node keeps them in order. If
-//! Redis cannot take a change, it is delivered on this node alone.
+//! made through any node; one relay task per node keeps each event's changes
+//! in order, merging what has queued up into as few messages as that order
+//! allows. If Redis cannot take a change, it is delivered on this node alone.
 
 use std::collections::HashMap;
 
@@ -25,6 +26,8 @@ use crate::domain::ids::{AreaId, EventId, SeatId};
 const BUFFER: usize = 1024;
 /// Changes waiting for the relay before they are delivered locally only.
 const RELAY_QUEUE: usize = 10_000;
+/// The most waiting changes the relay merges into one round of messages.
+const RELAY_BATCH: usize = 1024;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -71,11 +74,21 @@ impl SeatFeed {
         let feed = std::sync::Arc::new(SeatFeed { channels: Default::default(), relay: Some(tx) });
         let weak = std::sync::Arc::downgrade(&feed);
         tokio::spawn(async move {
-            while let Some((event, change)) = rx.recv().await {
-                if !bus.publish_seats(&event, &change).await {
-                    match weak.upgrade() {
-                        Some(feed) => feed.deliver(&event, change),
-                        None => return,
+            let mut waiting = Vec::new();
+            while let Some(first) = rx.recv().await {
+                waiting.push(first);
+                while waiting.len() < RELAY_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => waiting.push(next),
+                        Err(_) => break,
+                    }
+                }
+                for (event, change) in coalesce(waiting.drain(..)) {
+                    if !bus.publish_seats(&event, &change).await {
+                        match weak.upgrade() {
+                            Some(feed) => feed.deliver(&event, change),
+                            None => return,
+                        }
                     }
                 }
             }
@@ -122,9 +135,69 @@ impl SeatFeed {
     }
 }
 
+/// Merges waiting changes into fewer messages, keeping each event's order:
+/// an event's consecutive changes to the same status (no GA area) become one
+/// change. Under load this turns one Redis message per hold into a few per
+/// event per round.
+fn coalesce(changes: impl Iterator<Item = (EventId, SeatChange)>) -> Vec<(EventId, SeatChange)> {
+    let mut out: Vec<(EventId, SeatChange)> = Vec::new();
+    // Where each event's latest change sits in `out`.
+    let mut last: HashMap<EventId, usize> = HashMap::new();
+    for (event, change) in changes {
+        if let Some(&i) = last.get(&event) {
+            let prev = &mut out[i].1;
+            if prev.status == change.status && prev.ga.is_none() && change.ga.is_none() {
+                prev.seats.extend(change.seats);
+                continue;
+            }
+        }
+        last.insert(event.clone(), out.len());
+        out.push((event, change));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(seats: &[&str], status: ChangeStatus) -> SeatChange {
+        SeatChange { seats: seats.iter().map(|s| SeatId::parse(s).unwrap()).collect(), status, ga: None }
+    }
+
+    #[test]
+    fn coalescing_merges_runs_per_event_and_keeps_each_events_order() {
+        let (a, b) = (EventId::generate(), EventId::generate());
+        let ga = SeatChange {
+            seats: vec![],
+            status: ChangeStatus::Available,
+            ga: Some(GaChange { area: AreaId::parse("floor").unwrap() }),
+        };
+        let merged = coalesce(
+            vec![
+                (a.clone(), change(&["A1"], ChangeStatus::Held)),
+                (b.clone(), change(&["B1"], ChangeStatus::Held)),
+                (a.clone(), change(&["A2"], ChangeStatus::Held)),
+                // A1 freed after it was held: must stay after the held run.
+                (a.clone(), change(&["A1"], ChangeStatus::Available)),
+                (a.clone(), change(&["A3"], ChangeStatus::Held)),
+                (b.clone(), ga.clone()),
+                (b.clone(), change(&["B2"], ChangeStatus::Held)),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            merged,
+            vec![
+                (a.clone(), change(&["A1", "A2"], ChangeStatus::Held)),
+                (b.clone(), change(&["B1"], ChangeStatus::Held)),
+                (a.clone(), change(&["A1"], ChangeStatus::Available)),
+                (a.clone(), change(&["A3"], ChangeStatus::Held)),
+                (b.clone(), ga),
+                (b.clone(), change(&["B2"], ChangeStatus::Held)),
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn subscribers_get_changes_for_their_event_only() {
