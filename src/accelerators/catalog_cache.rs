@@ -295,20 +295,35 @@ impl RedisBus {
         format!("{}{{{id}}}:availability", self.prefix)
     }
 
-    async fn shared_availability(&self, id: &EventId) -> Option<Availability> {
-        let mut c = self.connection().await?;
+    /// A shared copy under `key`: `Ok(Some)` found, `Ok(None)` not there (or
+    /// unreadable, so the caller's fresh copy replaces it), `Err(())` when
+    /// Redis did not answer in time.
+    async fn get_shared<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ()> {
+        let mut c = self.connection().await.ok_or(())?;
         let mut get = redis::cmd("GET");
-        get.arg(self.availability_key(id));
-        let json =
-            tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await.ok()?.ok()??;
-        serde_json::from_str(&json).ok()
+        get.arg(key);
+        match tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await {
+            Ok(Ok(Some(json))) => Ok(serde_json::from_str(&json).ok()),
+            Ok(Ok(None)) => Ok(None),
+            _ => Err(()),
+        }
+    }
+
+    /// Shares `value` under `key` for `ttl`; a failure only costs a later
+    /// store read.
+    async fn put_shared<T: serde::Serialize + ?Sized>(&self, key: &str, value: &T, ttl: Duration) {
+        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(value)) else { return };
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(json).arg("PX").arg(ttl.as_millis() as u64);
+        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
+    }
+
+    async fn shared_availability(&self, id: &EventId) -> Option<Availability> {
+        self.get_shared(&self.availability_key(id)).await.ok().flatten()
     }
 
     async fn share_availability(&self, id: &EventId, a: &Availability) {
-        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(a)) else { return };
-        let mut set = redis::cmd("SET");
-        set.arg(self.availability_key(id)).arg(json).arg("PX").arg(AVAILABILITY_TTL.as_millis() as u64);
-        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
+        self.put_shared(&self.availability_key(id), a, AVAILABILITY_TTL).await;
     }
 
     async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
@@ -325,19 +340,11 @@ impl RedisBus {
 
     /// The shared copy of an event, if another node has put one there.
     async fn shared_event(&self, id: &EventId) -> Option<Event> {
-        let mut c = self.connection().await?;
-        let mut get = redis::cmd("GET");
-        get.arg(self.event_key(id));
-        let json =
-            tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await.ok()?.ok()??;
-        serde_json::from_str(&json).ok()
+        self.get_shared(&self.event_key(id)).await.ok().flatten()
     }
 
     async fn share_event(&self, e: &Event) {
-        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(e)) else { return };
-        let mut set = redis::cmd("SET");
-        set.arg(self.event_key(&e.id)).arg(json).arg("PX").arg(EVENT_TTL.as_millis() as u64);
-        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
+        self.put_shared(&self.event_key(&e.id), e, EVENT_TTL).await;
     }
 
     async fn unshare_event(&self, id: &EventId) {
@@ -368,23 +375,15 @@ impl RedisBus {
             self.prefix,
             digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        let mut get = redis::cmd("GET");
-        get.arg(&slot);
-        match tokio::time::timeout(SHARED_TIMEOUT, get.query_async::<Option<String>>(&mut c)).await {
-            Ok(Ok(Some(json))) => match serde_json::from_str(&json) {
-                Ok(found) => SharedSearch::Hit(found),
-                Err(_) => SharedSearch::Miss { slot },
-            },
-            Ok(Ok(None)) => SharedSearch::Miss { slot },
-            _ => SharedSearch::Off,
+        match self.get_shared(&slot).await {
+            Ok(Some(found)) => SharedSearch::Hit(found),
+            Ok(None) => SharedSearch::Miss { slot },
+            Err(()) => SharedSearch::Off,
         }
     }
 
     async fn share_search(&self, slot: &str, found: &[Event]) {
-        let (Some(mut c), Ok(json)) = (self.connection().await, serde_json::to_string(found)) else { return };
-        let mut set = redis::cmd("SET");
-        set.arg(slot).arg(json).arg("PX").arg(SEARCH_TTL.as_millis() as u64);
-        let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
+        self.put_shared(slot, found, SEARCH_TTL).await;
     }
 
     async fn retire_searches(&self) {
