@@ -118,7 +118,10 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             }
             Err(e) => {
                 let e = classify(e);
-                tracing::warn!(error = %e, jobs = batch.len(), "a hold batch failed; nothing of it was written");
+                // Before COMMIT nothing was written; a failure of the COMMIT
+                // itself leaves it unknown, and any hold it did write lapses
+                // at its expiry like one whose caller went away.
+                tracing::warn!(error = %e, jobs = batch.len(), "a hold batch failed; its callers get the error");
                 for job in batch {
                     let _ = job.reply.send(Err(e.replicate()));
                 }
