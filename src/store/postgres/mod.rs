@@ -16,6 +16,10 @@
 //!   failures are retried.
 //! * The purchase limit takes a transaction-scoped advisory lock per
 //!   (buyer, event), so two concurrent holds of one buyer are counted in turn.
+//! * Explicit-seat holds are settled many to a transaction by the hold
+//!   batcher (`batch.rs`): the same locks in the same order, decisions on
+//!   locked rows, and the same conditional UPDATE with a checked count.
+//!   Best-available and GA holds run one to a transaction, here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
