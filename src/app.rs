@@ -103,14 +103,14 @@ impl Application {
             None => Arc::new(SeatFeed::new()),
         };
         let booking = BookingService::with_feed(store, locks, clock, feed);
-        let mut state = AppState::new(
+        let state = AppState::new(
             booking,
             catalog,
             admin_token,
             Duration::from_secs(config.session_ttl_hours * 3600),
+            config.max_seat_streams,
             telemetry::metrics_handle(),
         );
-        state.seat_streams = Arc::new(tokio::sync::Semaphore::new(config.max_seat_streams));
         let limits = HttpLimits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_secs(config.request_timeout_seconds),

@@ -97,14 +97,7 @@ pub enum Database {
 impl Config {
     /// The Redis URLs, if any are configured.
     pub fn redis_urls(&self) -> Vec<String> {
-        self.redis_url
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect()
+        url_list(self.redis_url.as_deref())
     }
 
     /// Loads defaults, then `file` (if given, it must exist; otherwise
@@ -154,19 +147,16 @@ impl Config {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let replicas = self
-                .database_read_url
-                .as_deref()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let replicas = url_list(self.database_read_url.as_deref());
             return Ok(Database::Postgres { primary: url.to_owned(), replicas });
         }
         bail!("database_url {url:?}: expected sqlite://PATH or postgres://…")
     }
+}
+
+/// A comma-separated list of URLs; blanks are skipped.
+fn url_list(setting: Option<&str>) -> Vec<String> {
+    setting.unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect()
 }
 
 #[cfg(test)]

@@ -96,24 +96,7 @@ impl CatalogCache {
     /// This node's copy, else the copy shared in Redis, else the store's
     /// (which is then shared with the other nodes for `EVENT_TTL`).
     pub async fn event(&self, id: &EventId) -> StoreResult<Option<Arc<Event>>> {
-        if let Some(e) = self.events.get(id) {
-            return Ok(Some(e));
-        }
-        if let Some(bus) = &self.bus {
-            if let Some(e) = bus.shared_event(id).await {
-                let e = Arc::new(e);
-                self.events.insert(id.clone(), e.clone());
-                return Ok(Some(e));
-            }
-        }
-        let e = self.store.event(id).await?.map(Arc::new);
-        if let Some(e) = &e {
-            self.events.insert(id.clone(), e.clone());
-            if let Some(bus) = &self.bus {
-                bus.share_event(e).await;
-            }
-        }
-        Ok(e)
+        self.tiered(&self.events, id, RedisBus::event_key, EVENT_TTL, || self.store.event(id)).await
     }
 
     pub async fn venue(&self, id: &VenueId) -> StoreResult<Option<Arc<Venue>>> {
@@ -151,28 +134,50 @@ impl CatalogCache {
         Ok(r)
     }
 
-    /// This node's copy, else the copy shared in Redis, else the store's
-    /// (then shared for `AVAILABILITY_TTL`). Each tier keeps counts at most
-    /// `AVAILABILITY_TTL` old, so what a fan sees is at most twice that.
+    /// Like [`CatalogCache::event`], shared for `AVAILABILITY_TTL`. Each tier
+    /// keeps counts at most `AVAILABILITY_TTL` old, so what a fan sees is at
+    /// most twice that.
     pub async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Arc<Availability>>> {
-        if let Some(a) = self.availability.get(id) {
-            return Ok(Some(a));
+        self.tiered(&self.availability, id, RedisBus::availability_key, AVAILABILITY_TTL, || {
+            self.store.availability(id, now)
+        })
+        .await
+    }
+
+    /// An event's entry from this node's `local` cache, else from the copy
+    /// shared in Redis under `shared_key`, else from `load` (the store),
+    /// which is then kept here and shared for `ttl`.
+    async fn tiered<V, Load, Fut>(
+        &self,
+        local: &Cache<EventId, Arc<V>>,
+        id: &EventId,
+        shared_key: fn(&RedisBus, &EventId) -> String,
+        ttl: Duration,
+        load: Load,
+    ) -> StoreResult<Option<Arc<V>>>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        Load: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<Option<V>>>,
+    {
+        if let Some(v) = local.get(id) {
+            return Ok(Some(v));
         }
         if let Some(bus) = &self.bus {
-            if let Some(a) = bus.shared_availability(id).await {
-                let a = Arc::new(a);
-                self.availability.insert(id.clone(), a.clone());
-                return Ok(Some(a));
+            if let Ok(Some(v)) = bus.get_shared::<V>(&shared_key(bus, id)).await {
+                let v = Arc::new(v);
+                local.insert(id.clone(), v.clone());
+                return Ok(Some(v));
             }
         }
-        let a = self.store.availability(id, now).await?.map(Arc::new);
-        if let Some(a) = &a {
-            self.availability.insert(id.clone(), a.clone());
+        let v = load().await?.map(Arc::new);
+        if let Some(v) = &v {
+            local.insert(id.clone(), v.clone());
             if let Some(bus) = &self.bus {
-                bus.share_availability(id, a).await;
+                bus.put_shared(&shared_key(bus, id), v.as_ref(), ttl).await;
             }
         }
-        Ok(a)
+        Ok(v)
     }
 
     /// Applies a change here, drops the shared copy, then tells every other
@@ -318,14 +323,6 @@ impl RedisBus {
         let _ = tokio::time::timeout(SHARED_TIMEOUT, set.query_async::<()>(&mut c)).await;
     }
 
-    async fn shared_availability(&self, id: &EventId) -> Option<Availability> {
-        self.get_shared(&self.availability_key(id)).await.ok().flatten()
-    }
-
-    async fn share_availability(&self, id: &EventId, a: &Availability) {
-        self.put_shared(&self.availability_key(id), a, AVAILABILITY_TTL).await;
-    }
-
     async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
         let conn = tokio::time::timeout(
             SHARED_TIMEOUT,
@@ -336,15 +333,6 @@ impl RedisBus {
             Ok(Ok(c)) => Some(c.clone()),
             _ => None,
         }
-    }
-
-    /// The shared copy of an event, if another node has put one there.
-    async fn shared_event(&self, id: &EventId) -> Option<Event> {
-        self.get_shared(&self.event_key(id)).await.ok().flatten()
-    }
-
-    async fn share_event(&self, e: &Event) {
-        self.put_shared(&self.event_key(&e.id), e, EVENT_TTL).await;
     }
 
     async fn unshare_event(&self, id: &EventId) {

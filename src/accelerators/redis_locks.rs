@@ -186,6 +186,19 @@ impl RedisSeatLocks {
         format!("{}{{{event}}}:seat:{seat}", self.prefix)
     }
 
+    /// The seats' keys, and the milliseconds from `now` to `until` (at
+    /// least 1, as `PX` requires) as a script argument.
+    fn keys_and_ttl(
+        &self,
+        event: &EventId,
+        seats: &[SeatId],
+        until: Timestamp,
+        now: Timestamp,
+    ) -> (Vec<String>, String) {
+        let keys = seats.iter().map(|s| self.key(event, s)).collect();
+        (keys, (until.as_millis() - now.as_millis()).max(1).to_string())
+    }
+
     async fn run(&self, script: &Script, keys: Vec<String>, args: &[&str]) -> anyhow::Result<Value> {
         if wall_ms() < self.degraded_until.load(Ordering::Relaxed) {
             anyhow::bail!("Redis is degraded; skipping it for now");
@@ -238,8 +251,7 @@ impl SeatLocks for RedisSeatLocks {
         until: Timestamp,
         now: Timestamp,
     ) -> anyhow::Result<LockOutcome> {
-        let keys = seats.iter().map(|s| self.key(event, s)).collect();
-        let ttl = (until.as_millis() - now.as_millis()).max(1).to_string();
+        let (keys, ttl) = self.keys_and_ttl(event, seats, until, now);
         let v = self.run(&self.try_lock, keys, &[owner.as_str(), &ttl]).await?;
         let taken: Vec<i64> = redis::from_redis_value(&v)?;
         if taken.is_empty() {
@@ -258,8 +270,7 @@ impl SeatLocks for RedisSeatLocks {
         until: Timestamp,
         now: Timestamp,
     ) -> anyhow::Result<()> {
-        let keys = seats.iter().map(|s| self.key(event, s)).collect();
-        let ttl = (until.as_millis() - now.as_millis()).max(1).to_string();
+        let (keys, ttl) = self.keys_and_ttl(event, seats, until, now);
         self.run(&self.set, keys, &[owner.as_str(), &ttl]).await.map(|_| ())
     }
 

@@ -55,6 +55,7 @@ impl AppState {
         catalog: Arc<CatalogCache>,
         admin_token: &str,
         session_ttl: Duration,
+        max_seat_streams: usize,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
         AppState {
@@ -66,7 +67,7 @@ impl AppState {
             sessions: moka::sync::Cache::builder().max_capacity(200_000).time_to_live(Duration::from_secs(60)).build(),
             catalog,
             metrics,
-            seat_streams: Arc::new(tokio::sync::Semaphore::new(10_000)),
+            seat_streams: Arc::new(tokio::sync::Semaphore::new(max_seat_streams)),
         }
     }
 }

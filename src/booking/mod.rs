@@ -141,9 +141,7 @@ impl BookingService {
             _ => {
                 metrics::counter!("boxoffice_holds_rejected_total").increment(1);
                 if let (true, Some(seats)) = (locked, &explicit) {
-                    if let Err(e) = self.locks.release(event_id, seats, &hold_id).await {
-                        tracing::debug!(error = %e, "could not release fast-path locks");
-                    }
+                    self.forget_locks(event_id, seats, &hold_id).await;
                 }
             }
         }
@@ -195,9 +193,7 @@ impl BookingService {
             }
         }
         for (event, ended) in by_event {
-            if let Err(e) = self.locks.release_each(event, &ended.locks).await {
-                tracing::debug!(error = %e, "could not release fast-path locks");
-            }
+            lock_release_failed(self.locks.release_each(event, &ended.locks).await);
             if !ended.freed.is_empty() {
                 self.feed.publish(event, SeatChange { seats: ended.freed, status: ChangeStatus::Available, ga: None });
             }
@@ -208,8 +204,13 @@ impl BookingService {
         if seats.is_empty() {
             return;
         }
-        if let Err(e) = self.locks.release(event, seats, owner).await {
-            tracing::debug!(error = %e, "could not release fast-path locks");
-        }
+        lock_release_failed(self.locks.release(event, seats, owner).await);
+    }
+}
+
+/// A lock that could not be dropped lapses at its TTL: logged, not fatal.
+fn lock_release_failed(r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "could not release fast-path locks");
     }
 }

@@ -141,6 +141,63 @@ pub struct SeatMapState {
     pub ga_areas: Vec<GaState>,
 }
 
+impl SeatStatus {
+    /// The status a store's seat query encodes as 2 (sold), 1 (held and
+    /// not lapsed, or in checkout) or 0 (available).
+    pub(crate) fn from_code(code: i64) -> SeatStatus {
+        match code {
+            2 => SeatStatus::Sold,
+            1 => SeatStatus::Held,
+            _ => SeatStatus::Available,
+        }
+    }
+}
+
+/// One GA area as a store reads it, with the places of lapsed holds the
+/// sweeper has not reached yet counted as available.
+pub(crate) struct GaRow {
+    pub state: GaState,
+    pub sold: u32,
+}
+
+impl GaRow {
+    pub(crate) fn new(id: AreaId, name: String, category: Category, stored: GaCounters) -> GaRow {
+        let GaCounters { capacity, held, sold, lapsed } = stored;
+        let available = capacity.saturating_sub(held.saturating_sub(lapsed)).saturating_sub(sold);
+        GaRow { state: GaState { id, name, category, capacity, available }, sold }
+    }
+}
+
+/// A GA area's stored counters, and the places of its lapsed holds.
+pub(crate) struct GaCounters {
+    pub capacity: u32,
+    pub held: u32,
+    pub sold: u32,
+    pub lapsed: u32,
+}
+
+/// Availability from each category's seat counts `(category, total, sold,
+/// held)` and the GA areas.
+pub(crate) fn tally(seats: impl IntoIterator<Item = (Category, u64, u64, u64)>, ga: &[GaRow]) -> Availability {
+    let mut by: BTreeMap<Category, Counts> = BTreeMap::new();
+    for (category, total, sold, held) in seats {
+        let e = by.entry(category).or_default();
+        e.total += total;
+        e.sold += sold;
+        e.held += held;
+        e.available += total.saturating_sub(sold + held);
+    }
+    for a in ga {
+        let g = &a.state;
+        let e = by.entry(g.category.clone()).or_default();
+        e.total += u64::from(g.capacity);
+        e.available += u64::from(g.available);
+        e.sold += u64::from(a.sold);
+        e.held += u64::from(g.capacity.saturating_sub(g.available).saturating_sub(a.sold));
+    }
+    Availability::from_categories(by)
+}
+
 /// Search filters. Results come in `(starts_at, id)` order.
 #[derive(Clone, Debug, Default)]
 pub struct EventQuery {
@@ -152,6 +209,26 @@ pub struct EventQuery {
     /// Resume after this `(starts_at, id)`.
     pub after: Option<(Timestamp, EventId)>,
     pub limit: u32,
+}
+
+impl EventQuery {
+    /// The text filter as a `LIKE` pattern (escape character `\`) that
+    /// matches it anywhere, its own `%`, `_` and `\` taken literally.
+    pub(crate) fn like_pattern(&self) -> Option<String> {
+        self.text.as_ref().map(|t| {
+            let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+    }
+
+    /// The cursor as bind values: `(starts_at millis, id)`, both absent
+    /// on the first page.
+    pub(crate) fn after_binds(&self) -> (Option<i64>, Option<String>) {
+        match &self.after {
+            Some((t, id)) => (Some(t.as_millis()), Some(id.to_string())),
+            None => (None, None),
+        }
+    }
 }
 
 /// Everything the store needs to place one hold atomically.

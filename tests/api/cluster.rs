@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{race, sell_out, spawn_cluster, winners};
+use crate::helpers::{eventually, race, sell_out, spawn_cluster, winners};
 use crate::redis_support::redis_url;
 use boxoffice::demo;
 
@@ -37,23 +37,12 @@ async fn best_available_from_three_nodes_sells_out_exactly() {
     assert_eq!((a.body["total"].as_u64(), a.body["held"].as_u64()), (Some(300), Some(300)));
 }
 
-/// Polls `check` until it holds or `within` passes: for changes that
-/// travel between nodes over pub/sub.
-async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+/// An admin marks the event high-demand through `node`: an event change
+/// every node hears of, which also pre-warms them.
+async fn mark_high_demand(node: &crate::helpers::TestApp, event: &str) -> crate::helpers::Reply {
+    let path = format!("/v1/events/{event}");
+    node.send(reqwest::Method::PATCH, &path, Some(crate::helpers::ADMIN_TOKEN), Some(json!({"high_demand": true})))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -88,14 +77,7 @@ async fn marking_an_event_high_demand_prewarms_every_node() {
     let event = a.demo_event(json!({})).await;
     let id = boxoffice::domain::ids::EventId::parse(&event).unwrap();
     assert!(cluster.nodes.iter().all(|n| !n.state.catalog.has_event(&id)), "nothing cached yet");
-    let r = a
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/v1/events/{event}"),
-            Some(crate::helpers::ADMIN_TOKEN),
-            Some(json!({"high_demand": true})),
-        )
-        .await;
+    let r = mark_high_demand(a, &event).await;
     assert_eq!(r.body["high_demand"], true);
     let warmed = eventually(std::time::Duration::from_secs(1), || async {
         cluster.nodes.iter().all(|n| n.state.catalog.has_event(&id))
@@ -138,9 +120,7 @@ async fn nodes_share_event_details_through_redis_until_an_admin_changes_them() {
     assert_eq!(b.get(&path, None).await.body["title"], "Opening Night", "B was served A's shared copy");
 
     // An admin change drops the shared copy and every node's own.
-    let r = a
-        .send(reqwest::Method::PATCH, &path, Some(crate::helpers::ADMIN_TOKEN), Some(json!({"high_demand": true})))
-        .await;
+    let r = mark_high_demand(a, &event).await;
     assert_eq!(r.status, StatusCode::OK);
     let fresh = eventually(std::time::Duration::from_secs(1), || async {
         b.get(&path, None).await.body["title"] == "Changed Behind The API"
@@ -200,14 +180,7 @@ async fn nodes_share_search_results_through_redis_until_an_event_changes() {
         "B was served A's shared result"
     );
 
-    let r = a
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/v1/events/{event}"),
-            Some(crate::helpers::ADMIN_TOKEN),
-            Some(json!({"high_demand": true})),
-        )
-        .await;
+    let r = mark_high_demand(a, &event).await;
     assert_eq!(r.status, StatusCode::OK);
     let fresh = eventually(std::time::Duration::from_secs(1), || async {
         titles(&b.get("/v1/events?city=springfield", None).await) == ["Changed Behind The API"]

@@ -36,8 +36,8 @@ use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
 };
 use super::{
-    priced_hold, Availability, Counts, Customer, EventQuery, ExpiredHold, GaState, HoldPlacement, HoldRejection,
-    NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+    priced_hold, tally, Availability, Customer, EventQuery, ExpiredHold, GaCounters, GaRow, HoldPlacement,
+    HoldRejection, NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
 };
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
@@ -171,13 +171,6 @@ fn retryable(e: &anyhow::Error) -> bool {
 struct Retry;
 
 fn classify(e: anyhow::Error) -> StoreError {
-    if let Some(se) = e.downcast_ref::<StoreError>() {
-        return match se {
-            StoreError::Conflict => StoreError::Conflict,
-            StoreError::Duplicate(s) => StoreError::Duplicate(s.clone()),
-            _ => StoreError::Internal(e),
-        };
-    }
     if matches!(e.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))) {
         return StoreError::Unavailable(e);
     }
@@ -602,15 +595,6 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
     Ok(Ok(hold))
 }
 
-struct GaRow {
-    id: AreaId,
-    name: String,
-    category: Category,
-    capacity: u32,
-    available: u32,
-    sold: u32,
-}
-
 /// GA areas with lapsed-but-unswept holds counted as available.
 async fn ga_states(pool: &PgPool, event_id: &str, now: Timestamp) -> anyhow::Result<Vec<GaRow>> {
     let rows = sqlx::query(
@@ -626,18 +610,15 @@ async fn ga_states(pool: &PgPool, event_id: &str, now: Timestamp) -> anyhow::Res
     .await?;
     rows.iter()
         .map(|r| {
-            let cap = r.try_get::<i32, _>("capacity")? as u32;
-            let held = r.try_get::<i32, _>("held")? as u32;
-            let sold = r.try_get::<i32, _>("sold")? as u32;
-            let lapsed = r.try_get::<i32, _>("lapsed")? as u32;
-            Ok(GaRow {
-                id: AreaId::from_trusted(r.try_get("area_id")?),
-                name: r.try_get("name")?,
-                category: Category::from_trusted(r.try_get("category")?),
-                capacity: cap,
-                available: cap.saturating_sub(held.saturating_sub(lapsed)).saturating_sub(sold),
-                sold,
-            })
+            let count = |c: &str| r.try_get::<i32, _>(c).map(|n| n as u32);
+            let stored = GaCounters {
+                capacity: count("capacity")?,
+                held: count("held")?,
+                sold: count("sold")?,
+                lapsed: count("lapsed")?,
+            };
+            let (id, name) = (AreaId::from_trusted(r.try_get("area_id")?), r.try_get("name")?);
+            Ok(GaRow::new(id, name, Category::from_trusted(r.try_get("category")?), stored))
         })
         .collect()
 }
@@ -825,14 +806,8 @@ impl Store for PgStore {
     }
 
     async fn search_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>> {
-        let like = q.text.as_ref().map(|t| {
-            let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            format!("%{escaped}%")
-        });
-        let (after_ts, after_id) = match &q.after {
-            Some((t, id)) => (Some(t.as_millis()), Some(id.to_string())),
-            None => (None, None),
-        };
+        let like = q.like_pattern();
+        let (after_ts, after_id) = q.after_binds();
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events \
              WHERE NOT cancelled \
@@ -873,23 +848,10 @@ impl Store for PgStore {
             .bind(now.as_millis())
             .fetch_all(&self.pool)
             .await?;
-            let mut by: BTreeMap<Category, Counts> = BTreeMap::new();
-            for (cat, total, sold, held) in rows {
-                let (total, sold, held) = (total as u64, sold as u64, held as u64);
-                let e = by.entry(Category::from_trusted(cat)).or_default();
-                e.total += total;
-                e.sold += sold;
-                e.held += held;
-                e.available += total.saturating_sub(sold + held);
-            }
-            for a in ga_states(&self.pool, id.as_str(), now).await? {
-                let e = by.entry(a.category.clone()).or_default();
-                e.total += u64::from(a.capacity);
-                e.available += u64::from(a.available);
-                e.sold += u64::from(a.sold);
-                e.held += u64::from(a.capacity.saturating_sub(a.available).saturating_sub(a.sold));
-            }
-            Ok(Some(Availability::from_categories(by)))
+            let seats = rows
+                .into_iter()
+                .map(|(cat, total, sold, held)| (Category::from_trusted(cat), total as u64, sold as u64, held as u64));
+            Ok(Some(tally(seats, &ga_states(&self.pool, id.as_str(), now).await?)))
         }
         .await
         .map_err(classify)
@@ -916,24 +878,10 @@ impl Store for PgStore {
                 .map(|(s, c, st)| SeatState {
                     id: SeatId::from_trusted(s),
                     category: Category::from_trusted(c),
-                    status: match st {
-                        2 => SeatStatus::Sold,
-                        1 => SeatStatus::Held,
-                        _ => SeatStatus::Available,
-                    },
+                    status: SeatStatus::from_code(i64::from(st)),
                 })
                 .collect();
-            let ga_areas = ga_states(&self.pool, id.as_str(), now)
-                .await?
-                .into_iter()
-                .map(|a| GaState {
-                    id: a.id,
-                    name: a.name,
-                    category: a.category,
-                    capacity: a.capacity,
-                    available: a.available,
-                })
-                .collect();
+            let ga_areas = ga_states(&self.pool, id.as_str(), now).await?.into_iter().map(|a| a.state).collect();
             Ok(Some(SeatMapState { seats, ga_areas }))
         }
         .await

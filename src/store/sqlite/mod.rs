@@ -7,7 +7,6 @@
 //! * Every connection has a busy timeout, and migrations are embedded in
 //!   the binary and applied on open.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,8 +19,8 @@ use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
 };
 use super::{
-    priced_hold, Availability, Counts, Customer, EventQuery, ExpiredHold, GaState, HoldPlacement, HoldRejection,
-    NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+    priced_hold, tally, Availability, Customer, EventQuery, ExpiredHold, GaCounters, GaRow, HoldPlacement,
+    HoldRejection, NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
 };
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
@@ -375,10 +374,6 @@ fn release_inventory(
     Ok(freed)
 }
 
-fn seats_json(seats: &[SeatId]) -> String {
-    encode_seats(seats)
-}
-
 /// Takes exactly `seats` for the hold, or nothing. Returns the category
 /// of each seat taken, or the rejection. One primary-key UPDATE per seat:
 /// cheaper than one statement over a JSON list, and the writer's savepoint
@@ -562,7 +557,7 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
         hold.event_id.as_str(),
         hold.customer_id.as_str(),
         p.customer.email.as_str(),
-        seats_json(&hold.seats),
+        encode_seats(&hold.seats),
         hold.ga.as_ref().map(|g| g.area.as_str()),
         hold.ga.as_ref().map_or(0, |g| g.count),
         requested,
@@ -738,14 +733,8 @@ impl Store for SqliteStore {
     async fn search_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>> {
         let q = q.clone();
         self.read(move |c| {
-            let like = q.text.as_ref().map(|t| {
-                let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-                format!("%{escaped}%")
-            });
-            let (after_ts, after_id) = match &q.after {
-                Some((t, id)) => (Some(t.as_millis()), Some(id.to_string())),
-                None => (None, None),
-            };
+            let like = q.like_pattern();
+            let (after_ts, after_id) = q.after_binds();
             let mut st = c.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events \
                  WHERE cancelled = 0 \
@@ -782,31 +771,19 @@ impl Store for SqliteStore {
             if !event_exists(c, &id)? {
                 return Ok(None);
             }
-            let mut by: BTreeMap<Category, Counts> = BTreeMap::new();
-            let mut st = c.prepare_cached(
-                "SELECT category, COUNT(*), \
-                        SUM(status = 'sold'), \
-                        SUM(status = 'checkout' OR (status = 'held' AND hold_expires_at > ?2)) \
-                 FROM seats WHERE event_id = ?1 GROUP BY category",
-            )?;
-            let mut rows = st.query(params![id, now.as_millis()])?;
-            while let Some(r) = rows.next()? {
-                let (total, sold, held): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
-                let (total, sold, held) = (total as u64, sold as u64, held as u64);
-                let e = by.entry(Category::from_trusted(r.get(0)?)).or_default();
-                e.total += total;
-                e.sold += sold;
-                e.held += held;
-                e.available += total.saturating_sub(sold + held);
-            }
-            for a in ga_states(c, &id, now)? {
-                let e = by.entry(a.category.clone()).or_default();
-                e.total += u64::from(a.capacity);
-                e.available += u64::from(a.available);
-                e.sold += u64::from(a.sold);
-                e.held += u64::from(a.capacity.saturating_sub(a.available).saturating_sub(a.sold));
-            }
-            Ok(Some(Availability::from_categories(by)))
+            let seats = c
+                .prepare_cached(
+                    "SELECT category, COUNT(*), \
+                            SUM(status = 'sold'), \
+                            SUM(status = 'checkout' OR (status = 'held' AND hold_expires_at > ?2)) \
+                     FROM seats WHERE event_id = ?1 GROUP BY category",
+                )?
+                .query_map(params![id, now.as_millis()], |r| {
+                    let (total, sold, held): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                    Ok((Category::from_trusted(r.get(0)?), total as u64, sold as u64, held as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(tally(seats, &ga_states(c, &id, now)?)))
         })
         .await
     }
@@ -829,24 +806,11 @@ impl Store for SqliteStore {
                     Ok(SeatState {
                         id: SeatId::from_trusted(r.get(0)?),
                         category: Category::from_trusted(r.get(1)?),
-                        status: match r.get::<_, i64>(2)? {
-                            2 => SeatStatus::Sold,
-                            1 => SeatStatus::Held,
-                            _ => SeatStatus::Available,
-                        },
+                        status: SeatStatus::from_code(r.get(2)?),
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let ga_areas = ga_states(c, &id, now)?
-                .into_iter()
-                .map(|a| GaState {
-                    id: a.id,
-                    name: a.name,
-                    category: a.category,
-                    capacity: a.capacity,
-                    available: a.available,
-                })
-                .collect();
+            let ga_areas = ga_states(c, &id, now)?.into_iter().map(|a| a.state).collect();
             Ok(Some(SeatMapState { seats, ga_areas }))
         })
         .await
@@ -915,7 +879,7 @@ impl Store for SqliteStore {
                         c,
                         &id,
                         hold.event_id.as_str(),
-                        &seats_json(&hold.seats),
+                        &encode_seats(&hold.seats),
                         hold.ga.as_ref().map(|g| g.area.as_str()),
                         hold.ga.as_ref().map_or(0, |g| i64::from(g.count)),
                     )?;
@@ -949,15 +913,6 @@ fn event_exists(c: &Connection, id: &str) -> anyhow::Result<bool> {
     Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE id = ?1)")?.query_row([id], |r| r.get(0))?)
 }
 
-struct GaRow {
-    id: AreaId,
-    name: String,
-    category: Category,
-    capacity: u32,
-    available: u32,
-    sold: u32,
-}
-
 /// GA areas with lapsed-but-unswept holds counted as available.
 fn ga_states(c: &Connection, event_id: &str, now: Timestamp) -> anyhow::Result<Vec<GaRow>> {
     let mut st = c.prepare_cached(
@@ -969,15 +924,8 @@ fn ga_states(c: &Connection, event_id: &str, now: Timestamp) -> anyhow::Result<V
     )?;
     let rows = st
         .query_map(params![event_id, now.as_millis()], |r| {
-            let (capacity, held, sold, lapsed): (u32, u32, u32, u32) = (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?);
-            Ok(GaRow {
-                id: AreaId::from_trusted(r.get(0)?),
-                name: r.get(1)?,
-                category: Category::from_trusted(r.get(2)?),
-                capacity,
-                available: capacity.saturating_sub(held.saturating_sub(lapsed)).saturating_sub(sold),
-                sold,
-            })
+            let stored = GaCounters { capacity: r.get(3)?, held: r.get(4)?, sold: r.get(5)?, lapsed: r.get(6)? };
+            Ok(GaRow::new(AreaId::from_trusted(r.get(0)?), r.get(1)?, Category::from_trusted(r.get(2)?), stored))
         })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
