@@ -215,11 +215,11 @@ pub mod cases {
         assert!(hold(store, &e, &laptop, seats(&["C3", "C4", "C5"]), at(60)).await.is_ok());
     }
 
-    /// Many holds of one buyer at once (other sessions, same email) on
-    /// different seats: the limit is counted in turn, never all at once.
-    pub async fn one_buyer_racing_many_holds_gets_exactly_the_limit(store: &DynStore) {
-        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 4, "hold_ttl_seconds": 60})).await;
-        let n = 12;
+    /// One buyer (other sessions, same email) placing `n` one-seat holds at
+    /// once, released by a barrier; `selection(i)` is the i-th hold's pick.
+    /// Returns (won, refused for the purchase limit); anything else fails.
+    async fn limit_race(store: &DynStore, limit: u32, n: usize, selection: fn(usize) -> Selection) -> (usize, usize) {
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": limit, "hold_ttl_seconds": 60})).await;
         let barrier = Arc::new(Barrier::new(n));
         let tasks: Vec<_> = (0..n)
             .map(|i| {
@@ -227,7 +227,7 @@ pub mod cases {
                 tokio::spawn(async move {
                     let who = customer(&store, "greedy@example.com").await;
                     barrier.wait().await;
-                    hold(&store, &e, &who, seats(&[&format!("E{}", i + 1)]), T0).await
+                    hold(&store, &e, &who, selection(i), T0).await
                 })
             })
             .collect();
@@ -236,13 +236,33 @@ pub mod cases {
             match t.await.unwrap() {
                 Ok(_) => won += 1,
                 Err(HoldRejection::LimitExceeded(l)) => {
-                    assert_eq!(l.limit, 4);
+                    assert_eq!(l.limit, limit);
                     limited += 1;
                 }
                 Err(other) => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!((won, limited), (4, 8));
+        (won, limited)
+    }
+
+    /// Many holds of one buyer at once on different seats: the limit is
+    /// counted in turn, never all at once.
+    pub async fn one_buyer_racing_many_holds_gets_exactly_the_limit(store: &DynStore) {
+        assert_eq!(limit_race(store, 4, 12, |i| seats(&[&format!("E{}", i + 1)])).await, (4, 8));
+    }
+
+    /// Explicit-seat holds (batched on PostgreSQL) and best-available holds
+    /// (one to a transaction) take the same purchase-limit lock, so a buyer
+    /// racing both kinds still gets exactly the limit.
+    pub async fn one_buyer_racing_both_hold_paths_gets_exactly_the_limit(store: &DynStore) {
+        let mixed = |i: usize| {
+            if i % 2 == 0 {
+                seats(&[&format!("G{}", i + 1)])
+            } else {
+                Selection::BestAvailable { count: 1, category: None }
+            }
+        };
+        assert_eq!(limit_race(store, 3, 16, mixed).await, (3, 13));
     }
 
     /// Placements settled together still get each their own answer.
@@ -550,6 +570,7 @@ macro_rules! all_cases {
             lapsed_holds_are_available_at_once,
             purchase_limit_counts_the_buyer_across_sessions,
             one_buyer_racing_many_holds_gets_exactly_the_limit,
+            one_buyer_racing_both_hold_paths_gets_exactly_the_limit,
             concurrent_holds_with_different_outcomes_each_get_their_own,
             one_seat_raced_by_many_has_exactly_one_winner,
             overlapping_multi_seat_races_leave_no_partial_hold,

@@ -48,8 +48,11 @@ use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_holds_by_customer.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_holds_by_customer.sql")),
+    (3, include_str!("migrations/0003_lean_holds.sql")),
+];
 /// Serialises migrations across nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x626f_786f_6666_6963; // "boxoffic"
 /// How many of the best-placed free seats best-available chooses from.
@@ -89,15 +92,35 @@ pub struct PgStore {
     batcher: batch::HoldBatcher,
 }
 
+/// See [`pool`].
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 async fn pool(url: &str, s: &PgSettings) -> anyhow::Result<PgPool> {
+    pool_options(s).connect_with(connect_options(url, s)?).await.context("connecting to PostgreSQL")
+}
+
+fn connect_options(url: &str, s: &PgSettings) -> anyhow::Result<PgConnectOptions> {
     let opts: PgConnectOptions = url.parse().with_context(|| "parsing a PostgreSQL URL")?;
-    let opts = opts.options([("statement_timeout", format!("{}", s.statement_timeout.as_millis()))]);
+    Ok(opts.options([("statement_timeout", format!("{}", s.statement_timeout.as_millis()))]))
+}
+
+fn pool_options(s: &PgSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(s.max_connections)
         .acquire_timeout(s.acquire_timeout)
-        .connect_with(opts)
-        .await
-        .context("connecting to PostgreSQL")
+        // A connection is pinged before reuse only if it has been idle for a
+        // while: one that answered a moment ago is alive, and a ping per
+        // acquire cost a round trip per hold batch. A connection that died
+        // anyway fails its statement, which the caller sees as 503.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl PgStore {
@@ -109,7 +132,7 @@ impl PgStore {
         for url in replicas {
             pools.push(self::pool(url, s).await.context("connecting to a read replica")?);
         }
-        let batcher = batch::HoldBatcher::spawn(pool.clone());
+        let batcher = batch::HoldBatcher::spawn(pool_options(s), connect_options(primary, s)?)?;
         Ok(PgStore { pool, replicas: pools, next_replica: AtomicUsize::new(0), batcher })
     }
 
@@ -516,7 +539,9 @@ async fn pick_and_lock(
 /// One attempt at a hold. `Ok(Err(_))` is a refusal (nothing written);
 /// a [`Retry`] or deadlock error means "run it again".
 async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
-    let mut tx = pool.begin().await?;
+    // The purchase-limit lock first, so every read below sees the holds of
+    // whoever had it before.
+    let mut tx = pool.begin_with(batch::begin_locking(&[batch::limit_lock(p)].into())).await?;
     let Some(event) = load_event(&mut tx, p.event_id.as_str()).await? else {
         return Ok(Err(HoldRejection::EventNotFound));
     };
@@ -524,10 +549,6 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
         return Ok(Err(HoldRejection::NotOnSale(n.0)));
     }
     let buyer = p.customer.email.as_str();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(batch::limit_key(p))
-        .execute(&mut *tx)
-        .await?;
     let already: i64 = sqlx::query_scalar(
         "SELECT COALESCE(SUM(quantity), 0)::bigint FROM holds \
          WHERE buyer = $1 AND event_id = $2 AND status IN ('held', 'checkout') \
@@ -919,12 +940,15 @@ impl Store for PgStore {
 
     async fn customer_holds(&self, customer: &Customer, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>> {
         let rows = sqlx::query(&format!(
-            "SELECT {HOLD_COLUMNS} FROM holds WHERE customer_id = $1 AND status IN ('held', 'checkout') \
-               AND (status = 'checkout' OR expires_at > $2) ORDER BY created_at DESC LIMIT $3"
+            // Through holds_live_by_buyer: a customer's holds carry their email.
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE buyer = $4 AND customer_id = $1 \
+               AND status IN ('held', 'checkout') AND (status = 'checkout' OR expires_at > $2) \
+             ORDER BY created_at DESC LIMIT $3"
         ))
         .bind(customer.id.as_str())
         .bind(now.as_millis())
         .bind(i64::from(limit))
+        .bind(customer.email.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(err)?;
