@@ -52,7 +52,7 @@ use crate::store::{priced_hold, HoldPlacement, HoldRejection, StoreError, StoreR
 /// The most holds one transaction settles.
 const MAX_BATCH: usize = 256;
 /// Batches in flight at once, each on its own connection. One is fastest:
-/// the queue fills while a batch runs, so batches stay large (about 30
+/// the queue fills while a batch runs, so batches stay large (18–30
 /// holds in the benchmark), and a second worker mostly takes the few holds
 /// that arrived meanwhile, adding transactions rather than throughput
 /// (measured in one session: 1 worker 12.1–12.7k holds/s, 2 workers 10.0k).
