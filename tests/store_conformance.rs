@@ -16,7 +16,7 @@ use boxoffice::demo;
 use boxoffice::domain::customer::{Email, TokenHash};
 use boxoffice::domain::event::{Event, EventDraft, EventPatch};
 use boxoffice::domain::hold::{HoldStatus, Selection};
-use boxoffice::domain::ids::{AreaId, CustomerId, EventId, HoldId, SeatId, VenueId};
+use boxoffice::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
 use boxoffice::domain::time::Timestamp;
 use boxoffice::domain::venue::{Venue, VenueDraft};
 use boxoffice::store::{
@@ -510,6 +510,22 @@ pub mod cases {
         assert_eq!((back.title.as_str(), back.version), (e.title.as_str(), 2));
     }
 
+    /// A hold placed after a price change is priced at the new price (the
+    /// hold paths may keep events they have read; a change must reach them).
+    pub async fn holds_after_a_price_change_get_the_new_price(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let a = customer(store, "a@example.com").await;
+        let first = hold(store, &e, &a, seats(&["C1"]), T0).await.unwrap();
+        let premium = Category::parse("premium").unwrap();
+        let old = e.prices[&premium];
+        // C1 is a standard seat; A1 a premium one.
+        assert_eq!(first.amount, e.prices[&Category::parse("standard").unwrap()]);
+        let patch = EventPatch { prices: Some([("premium".to_string(), old + 1000)].into()), ..Default::default() };
+        store.update_event(&e.patched(&patch, at(1)).unwrap()).await.unwrap();
+        let second = hold(store, &e, &a, seats(&["A1"]), at(2)).await.unwrap();
+        assert_eq!(second.amount, old + 1000);
+    }
+
     pub async fn holds_outside_the_sale_window_are_refused(store: &DynStore) {
         let later = at(3600).to_rfc3339();
         let e = event_with(store, serde_json::json!({"on_sale_at": later})).await;
@@ -583,6 +599,7 @@ macro_rules! all_cases {
             a_customer_lists_only_their_own_live_holds,
             event_updates_are_version_checked,
             holds_outside_the_sale_window_are_refused,
+            holds_after_a_price_change_get_the_new_price,
             search_pages_in_start_order_with_filters,
         );
     };
@@ -599,6 +616,23 @@ mod sqlite {
     }
 
     all_cases!(make);
+
+    /// Another process writing the same file (here: a second store) is
+    /// seen by the next hold, though the writer keeps the events it read.
+    #[tokio::test]
+    async fn an_event_changed_by_another_connection_reaches_the_next_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let a: DynStore = Arc::new(SqliteStore::open(&path, Synchronous::Normal).unwrap());
+        let b: DynStore = Arc::new(SqliteStore::open(&path, Synchronous::Normal).unwrap());
+        let e = event_with(&a, serde_json::json!({})).await;
+        let fan = customer(&a, "fan@example.com").await;
+        assert!(hold(&a, &e, &fan, seats(&["A1"]), T0).await.is_ok());
+        let cancelled =
+            e.patched(&EventPatch { status: Some("cancelled".into()), ..Default::default() }, at(1)).unwrap();
+        b.update_event(&cancelled).await.unwrap();
+        assert!(matches!(hold(&a, &e, &fan, seats(&["A2"]), at(2)).await, Err(HoldRejection::NotOnSale(_))));
+    }
 }
 
 mod postgres {

@@ -31,9 +31,21 @@ pub mod sessions;
 
 pub use error::ApiError;
 
-/// Everything a handler may need, cheap to clone.
+/// Everything a handler may need. Cloned for every request, so it is one
+/// `Arc`: a clone is one counter, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub store: DynStore,
     pub booking: BookingService,
     pub clock: Arc<dyn Clock>,
@@ -58,7 +70,7 @@ impl AppState {
         max_seat_streams: usize,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             store: booking.store().clone(),
             clock: booking.clock().clone(),
             booking,
@@ -68,7 +80,7 @@ impl AppState {
             catalog,
             metrics,
             seat_streams: Arc::new(tokio::sync::Semaphore::new(max_seat_streams)),
-        }
+        }))
     }
 }
 

@@ -7,6 +7,7 @@
 //! * Every connection has a busy timeout, and migrations are embedded in
 //!   the binary and applied on open.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -178,7 +179,7 @@ fn classify(e: anyhow::Error) -> StoreError {
 }
 
 /// How often the checkpointer copies the WAL back into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(2000);
 /// A WAL longer than this many frames (about 40 MiB) gets a RESTART
 /// checkpoint, which briefly waits for the writer so the next commit
 /// starts the WAL over instead of growing it.
@@ -291,6 +292,57 @@ fn find_one<T>(
 
 fn load_event(conn: &Connection, id: &str) -> anyhow::Result<Option<Event>> {
     find_one(conn, &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"), id, event_from_row)
+}
+
+/// Events the writer has read, decoded, keyed by id, with the
+/// `data_version` they were read at. Every hold needs its event; reading and
+/// decoding it each time was about an eighth of the writer's work.
+struct EventCache {
+    data_version: i64,
+    events: HashMap<String, Event>,
+}
+
+/// More events than this and the cache starts over.
+const EVENT_CACHE_MAX: usize = 1024;
+
+thread_local! {
+    /// Only the writer thread uses it (the hold paths run there).
+    static WRITER_EVENTS: std::cell::RefCell<EventCache> =
+        std::cell::RefCell::new(EventCache { data_version: i64::MIN, events: HashMap::new() });
+}
+
+/// [`load_event`] through the writer's cache. The cache is right as long as
+/// nothing else changed the events: this connection's own event writes
+/// call [`forget_cached_events`], as does a rolled-back group commit, and
+/// `PRAGMA data_version` changes when another connection (another process
+/// on the same file) commits.
+fn writer_event(conn: &Connection, id: &str) -> anyhow::Result<Option<Event>> {
+    let version: i64 = conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+    let hit = WRITER_EVENTS.with_borrow_mut(|c| {
+        if c.data_version != version {
+            c.events.clear();
+            c.data_version = version;
+        }
+        c.events.get(id).cloned()
+    });
+    if hit.is_some() {
+        return Ok(hit);
+    }
+    let loaded = load_event(conn, id)?;
+    if let Some(e) = &loaded {
+        WRITER_EVENTS.with_borrow_mut(|c| {
+            if c.events.len() >= EVENT_CACHE_MAX {
+                c.events.clear();
+            }
+            c.events.insert(id.to_owned(), e.clone());
+        });
+    }
+    Ok(loaded)
+}
+
+/// Empties the writer's event cache; see [`writer_event`].
+pub(super) fn forget_cached_events() {
+    WRITER_EVENTS.with_borrow_mut(|c| c.events.clear());
 }
 
 const HOLD_COLUMNS: &str =
@@ -500,7 +552,7 @@ const LIMIT_SUM: &str = "SELECT (SELECT COALESCE(SUM(quantity), 0) FROM holds \
 
 /// The whole hold, inside the writer's transaction.
 fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
-    let Some(event) = load_event(conn, p.event_id.as_str())? else {
+    let Some(event) = writer_event(conn, p.event_id.as_str())? else {
         return Ok(Err(HoldRejection::EventNotFound));
     };
     if let Err(n) = event.check_on_sale(p.now) {
@@ -646,6 +698,7 @@ impl Store for SqliteStore {
         let e = e.clone();
         let venue = venue.clone();
         self.write(move |c| {
+            forget_cached_events();
             c.prepare_cached(&format!(
                 "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ))?
@@ -703,6 +756,8 @@ impl Store for SqliteStore {
     async fn update_event(&self, e: &Event) -> StoreResult<()> {
         let e = e.clone();
         self.write(move |c| {
+            // Whether this commits or rolls back, the next read is fresh.
+            forget_cached_events();
             let n = c
                 .prepare_cached(
                     "UPDATE events SET title = ?2, prices = ?3, max_tickets_per_customer = ?4, hold_ttl_seconds = ?5, \

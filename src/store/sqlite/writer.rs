@@ -198,6 +198,8 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Job>) {
     if let Err(e) = &result {
         tracing::error!(error = %e, "SQLite group commit failed; the whole batch is rolled back");
         let _ = exec(conn, "ROLLBACK");
+        // Events read inside the lost transaction may not be what is stored.
+        super::forget_cached_events();
     }
     for finish in finishers {
         finish(result.clone());
