@@ -115,7 +115,7 @@ async fn seed(store: &DynStore) -> (Event, Vec<Customer>) {
     let mut ev = demo::event_json(venue.id.as_str(), now);
     ev["max_tickets_per_customer"] = json!(LIMIT);
     // Short holds that lapse on the real clock keep the hall from selling
-    // out, so every phase measures a steady state (about a fifth held).
+    // out, so every phase measures a steady state.
     ev["hold_ttl_seconds"] = json!(2);
     let draft: EventDraft = serde_json::from_value(ev).unwrap();
     let event = Event::from_draft(EventId::generate(), draft, &venue, now).unwrap();
