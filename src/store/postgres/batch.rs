@@ -32,7 +32,6 @@
 //! (moving it took the benchmark from 0.9x to 1.2x of the raw UPDATE rate).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -40,9 +39,9 @@ use anyhow::{anyhow, bail};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{classify, event_from_row, retryable, EVENT_COLUMNS, HOLD_ATTEMPTS};
+use super::{classify, event_from_row, held_by_buyer, retryable, EVENT_COLUMNS, HOLD_ATTEMPTS};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, Hold, Selection};
 use crate::domain::ids::{Category, SeatId};
@@ -51,14 +50,12 @@ use crate::store::{priced_hold, HoldPlacement, HoldRejection, StoreError, StoreR
 
 /// The most holds one transaction settles.
 const MAX_BATCH: usize = 256;
-/// Batches in flight at once, each on its own connection. One is fastest:
-/// the queue fills while a batch runs, so batches stay large (18–30
-/// holds in the benchmark), and a second worker mostly takes the few holds
-/// that arrived meanwhile, adding transactions rather than throughput
-/// (measured in one session: 1 worker 12.1–12.7k holds/s, 2 workers 10.0k).
-/// Its only waits are row locks of other short transactions, bounded by
-/// `statement_timeout`.
-const WORKERS: usize = 1;
+// One worker settles every batch, on one connection. One is fastest: the
+// queue fills while a batch runs, so batches stay large (18–30 holds in the
+// benchmark), whereas a second worker mostly takes the few holds that arrived
+// meanwhile, adding transactions rather than throughput (measured in one
+// session: one worker 12.1–12.7k holds/s, two 10.0k). Its only waits are row
+// locks of other short transactions, bounded by `statement_timeout`.
 /// Holds waiting beyond this make callers wait to enqueue (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
@@ -76,19 +73,14 @@ pub(super) struct HoldBatcher {
 }
 
 impl HoldBatcher {
-    /// Starts the workers on a thread of their own, with their own
-    /// connections.
+    /// Starts the worker on a thread of its own, with its own connection.
     pub(super) fn spawn(options: PgPoolOptions, connect: PgConnectOptions) -> anyhow::Result<HoldBatcher> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
-        let rx = Arc::new(Mutex::new(rx));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("pg-hold-batcher".into()).spawn(move || {
             runtime.block_on(async move {
-                let pool = options.max_connections(WORKERS as u32).connect_lazy_with(connect);
-                let tasks: Vec<_> = (0..WORKERS).map(|_| tokio::spawn(work(pool.clone(), rx.clone()))).collect();
-                for t in tasks {
-                    let _ = t.await;
-                }
+                let pool = options.max_connections(1).connect_lazy_with(connect);
+                work(&pool, rx).await;
                 pool.close().await;
             })
         })?;
@@ -105,26 +97,21 @@ impl HoldBatcher {
     }
 }
 
-async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    loop {
-        let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+async fn work(pool: &PgPool, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            batch
-        };
+        }
         metrics::histogram!("boxoffice_postgres_hold_batch_jobs").record(batch.len() as f64);
         let placements: Vec<&HoldPlacement> = batch.iter().map(|j| &j.placement).collect();
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            match settle(&pool, &placements).await {
+            match settle(pool, &placements).await {
                 Err(e) if retryable(&e) && attempt < HOLD_ATTEMPTS => {
                     metrics::counter!("boxoffice_postgres_hold_retries_total").increment(1);
                     tokio::time::sleep(Duration::from_millis(rand::random_range(1..=5u64) * u64::from(attempt))).await;
@@ -191,10 +178,7 @@ async fn settle(pool: &PgPool, batch: &[&HoldPlacement]) -> anyhow::Result<Vec<R
              FROM seats WHERE (event_id, seat_id) IN (SELECT * FROM unnest($3::text[], $4::text[])) \
              ORDER BY event_id, seat_id FOR UPDATE), \
          held AS ( \
-             SELECT k.buyer, k.event_id, \
-                    (SELECT COALESCE(SUM(h.quantity), 0) FROM holds h \
-                     WHERE h.buyer = k.buyer AND h.event_id = k.event_id AND h.status IN ('held', 'checkout') \
-                       AND (h.status = 'checkout' OR h.expires_at > $5))::bigint AS n \
+             SELECT k.buyer, k.event_id, ({held}) AS n \
              FROM unnest($1::text[], $2::text[]) AS k(buyer, event_id)) \
          SELECT {EVENT_COLUMNS}, \
                 ARRAY(SELECT seat_id FROM locked l WHERE l.event_id = e.id ORDER BY seat_id) AS seat_ids, \
@@ -202,7 +186,8 @@ async fn settle(pool: &PgPool, batch: &[&HoldPlacement]) -> anyhow::Result<Vec<R
                 ARRAY(SELECT free FROM locked l WHERE l.event_id = e.id ORDER BY seat_id) AS seat_free, \
                 ARRAY(SELECT buyer FROM held WHERE held.event_id = e.id ORDER BY buyer) AS buyers, \
                 ARRAY(SELECT n FROM held WHERE held.event_id = e.id ORDER BY buyer) AS buyer_held \
-         FROM events e WHERE e.id = ANY($6)"
+         FROM events e WHERE e.id = ANY($6)",
+        held = held_by_buyer("k.buyer", "k.event_id", "$5"),
     ))
     .bind(&buyers)
     .bind(&buyer_events)

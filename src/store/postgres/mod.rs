@@ -536,6 +536,17 @@ async fn pick_and_lock(
     Err(Retry.into())
 }
 
+/// What a buyer already holds of an event, for the purchase limit: holds
+/// held and not lapsed, or in checkout. The arguments are SQL expressions
+/// (placeholders, or an outer query's columns); both hold paths count this way.
+fn held_by_buyer(buyer: &str, event: &str, now: &str) -> String {
+    format!(
+        "SELECT COALESCE(SUM(quantity), 0)::bigint FROM holds \
+         WHERE buyer = {buyer} AND event_id = {event} AND status IN ('held', 'checkout') \
+           AND (status = 'checkout' OR expires_at > {now})"
+    )
+}
+
 /// One attempt at a hold. `Ok(Err(_))` is a refusal (nothing written);
 /// a [`Retry`] or deadlock error means "run it again".
 async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
@@ -549,16 +560,12 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
         return Ok(Err(HoldRejection::NotOnSale(n.0)));
     }
     let buyer = p.customer.email.as_str();
-    let already: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(quantity), 0)::bigint FROM holds \
-         WHERE buyer = $1 AND event_id = $2 AND status IN ('held', 'checkout') \
-           AND (status = 'checkout' OR expires_at > $3)",
-    )
-    .bind(buyer)
-    .bind(p.event_id.as_str())
-    .bind(p.now.as_millis())
-    .fetch_one(&mut *tx)
-    .await?;
+    let already: i64 = sqlx::query_scalar(&held_by_buyer("$1", "$2", "$3"))
+        .bind(buyer)
+        .bind(p.event_id.as_str())
+        .bind(p.now.as_millis())
+        .fetch_one(&mut *tx)
+        .await?;
     let requested = p.selection.quantity();
     if let Err(e) =
         check_purchase_limit(u32::try_from(already).unwrap_or(u32::MAX), requested, event.max_tickets_per_customer)
