@@ -14,6 +14,7 @@ use crate::domain::event::{Event, EventDraft};
 use crate::domain::ids::{EventId, VenueId};
 use crate::domain::time::{Clock, SystemClock};
 use crate::domain::venue::{Venue, VenueDraft};
+use crate::payments::sim::{Faults, FaultsPatch, Simulator};
 use crate::store::DynStore;
 use crate::telemetry;
 
@@ -38,12 +39,43 @@ pub enum Command {
     Migrate,
     /// Run on a fresh embedded database seeded with a demo venue and event.
     Demo,
+    /// Run the payment gateway simulator: a Stripe-compatible test gateway
+    /// with test cards for every failure mode and runtime fault knobs.
+    GatewaySim(GatewaySimArgs),
+}
+
+/// `boxoffice gateway-sim`'s options; every fault can also be changed while
+/// it runs with `PATCH /sim/config` (see docs/payments.md).
+#[derive(clap::Args, Debug)]
+pub struct GatewaySimArgs {
+    /// The address to listen on.
+    #[arg(long, env = "BOXOFFICE_GATEWAY_SIM_LISTEN", default_value = "127.0.0.1:12111")]
+    pub listen: std::net::SocketAddr,
+    /// Require this secret key as the bearer token. Unset: any key is accepted.
+    #[arg(long, env = "BOXOFFICE_GATEWAY_SIM_API_KEY")]
+    pub api_key: Option<String>,
+    /// Latency added to every API request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share (0-1) of API requests refused with 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+    /// Share (0-1) of API requests that run and then lose their response.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_response_rate: f64,
+    /// Start in an outage (every API request gets 503) lasting this long.
+    #[arg(long)]
+    pub outage_for_ms: Option<u64>,
+    /// How long a `processing` payment takes to settle, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub settle_after_ms: u64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     telemetry::init_logging(&config.log);
     match cli.command {
+        Command::GatewaySim(args) => gateway_sim(args).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
             println!("migrated the {} database; it is up to date", store.backend());
@@ -74,6 +106,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_demo_banner(&format!("http://{}", app.local_addr()), &admin_token, &event, &path);
             app.run_until(shutdown_signal()).await
         }
+    }
+}
+
+async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<()> {
+    let sim = Simulator::new(Arc::new(SystemClock), args.api_key, Faults::default());
+    let patch = FaultsPatch {
+        latency_ms: Some(args.latency_ms),
+        rate_limit_rate: Some(args.rate_limit_rate),
+        drop_response_rate: Some(args.drop_response_rate),
+        outage_for_ms: args.outage_for_ms,
+        settle_after_ms: Some(args.settle_after_ms),
+        ..Default::default()
+    };
+    sim.set_faults(patch).map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the gateway simulator to {}", args.listen))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("gateway simulator listening on {base}");
+    println!("  test payment methods: {}", crate::payments::sim::cards::method_ids().collect::<Vec<_>>().join(", "));
+    println!("  faults: GET/PATCH {base}/sim/config   ledger: GET {base}/sim/ledger");
+    tokio::select! {
+        r = sim.serve(listener) => r.context("gateway simulator server"),
+        () = shutdown_signal() => Ok(()),
     }
 }
 

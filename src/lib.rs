@@ -12,5 +12,6 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod jobs;
+pub mod payments;
 pub mod store;
 pub mod telemetry;

@@ -16,6 +16,30 @@ impl Drop for Kill {
     }
 }
 
+/// Starts `command` and returns it with what it printed up to and including
+/// the first line containing `last`; gives up after 60 s rather than hang.
+fn start_and_read(mut command: Command, last: &'static str) -> (Kill, String) {
+    let mut child = Kill(command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut printed = String::new();
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        for line in lines.by_ref() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains(last) {
+                break;
+            }
+        }
+        let _ = tx.send(printed);
+        // Keep reading, so that a later print cannot fail on a closed pipe.
+        lines.for_each(drop);
+    });
+    let printed = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no line with {last:?}"));
+    (child, printed)
+}
+
 #[test]
 fn migrate_creates_the_embedded_database_in_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,31 +61,12 @@ fn a_bad_setting_stops_the_process_with_its_name() {
 #[tokio::test]
 async fn demo_serves_a_seeded_event_and_prints_how_to_use_it() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .arg("demo")
+    let mut demo = Command::new(BIN);
+    demo.arg("demo")
         .env("BOXOFFICE_DATA_DIR", dir.path())
         .env("BOXOFFICE_LISTEN", "127.0.0.1:0")
-        .env_remove("BOXOFFICE_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Kill(child);
-    let stdout = child.0.stdout.take().unwrap();
-    // Read the banner on a thread; give up after 60 s rather than hang.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut banner = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.starts_with("Press Ctrl-C") {
-                break;
-            }
-        }
-        let _ = tx.send(banner);
-    });
-    let banner = rx.recv_timeout(Duration::from_secs(60)).expect("demo printed its banner");
+        .env_remove("BOXOFFICE_ADMIN_TOKEN");
+    let (_child, banner) = start_and_read(demo, "Press Ctrl-C");
     let base = banner.split_whitespace().find(|w| w.starts_with("http://")).expect("a base URL").to_owned();
     let event = banner.split_whitespace().find(|w| w.starts_with("evt_")).expect("an event id").to_owned();
     assert!(banner.contains("admin token : bxa_"), "{banner}");
@@ -104,4 +109,28 @@ async fn migrate_also_runs_against_postgres() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("postgres"));
     assert_eq!(tables, 3);
+}
+
+/// `gateway-sim` as an operator starts it: it prints where it listens and
+/// takes a payment there.
+#[tokio::test]
+async fn gateway_sim_serves_the_stripe_subset_and_its_ledger() {
+    let mut sim = Command::new(BIN);
+    sim.args(["gateway-sim", "--listen", "127.0.0.1:0", "--api-key", "sk_test_cli"]);
+    let (_child, line) = start_and_read(sim, "listening on");
+    let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("a base URL").to_owned();
+    let http = reqwest::Client::new();
+    let pay = |key: &'static str| {
+        http.post(format!("{base}/v1/payment_intents"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", "cli-1")
+            .form(&[("amount", "2500"), ("currency", "eur"), ("payment_method", "pm_card_visa"), ("confirm", "true")])
+            .send()
+    };
+    assert_eq!(pay("sk_wrong").await.unwrap().status(), 401);
+    let intent: serde_json::Value = pay("sk_test_cli").await.unwrap().json().await.unwrap();
+    assert_eq!(intent["status"], "succeeded");
+    let ledger: serde_json::Value = http.get(format!("{base}/sim/ledger")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ledger["entries"][0]["payment_intent"], intent["id"]);
+    assert_eq!(ledger["entries"][0]["amount"], 2500);
 }
