@@ -15,10 +15,17 @@ use std::sync::Arc;
 use boxoffice::demo;
 use boxoffice::domain::customer::{Email, TokenHash};
 use boxoffice::domain::event::{Event, EventDraft, EventPatch};
-use boxoffice::domain::hold::{HoldStatus, Selection};
-use boxoffice::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use boxoffice::domain::hold::{Hold, HoldStatus, Selection};
+use boxoffice::domain::ids::{
+    AreaId, AttemptId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId,
+};
+use boxoffice::domain::order::{HoldFate, OrderStatus};
 use boxoffice::domain::time::Timestamp;
 use boxoffice::domain::venue::{Venue, VenueDraft};
+use boxoffice::store::checkout::{
+    AttemptStatus, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, NewTicket, Order, OutboxMessage, Settled,
+    Settlement, TicketStatus,
+};
 use boxoffice::store::{
     Customer, DynStore, EventQuery, HoldPlacement, HoldRejection, NewSession, ReleaseOutcome, StoreError,
 };
@@ -562,6 +569,312 @@ pub mod cases {
         let elsewhere = EventQuery { city: Some("Gotham".into()), limit: 10, ..Default::default() };
         assert!(store.search_events(&elsewhere).await.unwrap().is_empty());
     }
+
+    // ---- checkout -------------------------------------------------------
+
+    const WINDOW: u32 = 600;
+
+    async fn start(
+        store: &DynStore,
+        h: &Hold,
+        who: &Customer,
+        now: Timestamp,
+    ) -> Result<CheckoutStarted, CheckoutRefusal> {
+        store
+            .start_checkout(CheckoutStart {
+                hold_id: h.id.clone(),
+                customer_id: who.id.clone(),
+                order_id: OrderId::generate(),
+                attempt_id: AttemptId::generate(),
+                payment_method: "pm_card_visa".into(),
+                payment_window_secs: WINDOW,
+                now,
+            })
+            .await
+            .expect("store call succeeds")
+    }
+
+    fn tickets_for(h: &Hold) -> Vec<NewTicket> {
+        let seats = h.seats.iter().map(|s| NewTicket {
+            id: TicketId::generate(),
+            seat: Some(s.clone()),
+            ga_area: None,
+            code: format!("code-{s}"),
+        });
+        let ga = h.ga.iter().flat_map(|g| {
+            (0..g.count).map(|i| NewTicket {
+                id: TicketId::generate(),
+                seat: None,
+                ga_area: Some(g.area.clone()),
+                code: format!("code-{}-{i}", g.area),
+            })
+        });
+        seats.chain(ga).collect()
+    }
+
+    /// The settlement of `started`'s attempt with `fate`.
+    fn settlement(started: &CheckoutStarted, fate: HoldFate, now: Timestamp) -> Settlement {
+        let (order_status, attempt_status, failure) = match fate {
+            HoldFate::Sell => (OrderStatus::Confirmed, AttemptStatus::Succeeded, None),
+            HoldFate::AwaitOutcome => (OrderStatus::PaymentPending, AttemptStatus::Processing, None),
+            HoldFate::Keep => (OrderStatus::Failed, AttemptStatus::Failed, Some("incorrect_number".to_owned())),
+            HoldFate::Release => (OrderStatus::Failed, AttemptStatus::Failed, Some("insufficient_funds".to_owned())),
+        };
+        Settlement {
+            order_id: started.order.id.clone(),
+            attempt_id: started.attempt.id.clone(),
+            attempt_status,
+            order_status,
+            hold: fate,
+            failure_code: failure,
+            intent_id: Some(format!("pi_{}", started.attempt.id)),
+            action_url: None,
+            tickets: if fate == HoldFate::Sell { tickets_for(&started.hold) } else { vec![] },
+            outbox: vec![OutboxMessage { topic: "order.confirmed".into(), payload: "{}".into() }],
+            now,
+        }
+    }
+
+    fn applied(s: Settled) -> Order {
+        match s {
+            Settled::Applied(o) => o,
+            other => panic!("expected the settlement to apply, got {other:?}"),
+        }
+    }
+
+    pub async fn checkout_takes_the_hold_out_of_expiry_and_extends_it_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 60})).await;
+        let (fan, other) = (customer(store, "fan@example.com").await, customer(store, "other@example.com").await);
+        let h = hold(store, &e, &fan, seats(&["A1", "A2"]), T0).await.unwrap();
+        assert_eq!(start(store, &h, &other, at(1)).await.unwrap_err(), CheckoutRefusal::HoldNotFound);
+        let started = start(store, &h, &fan, at(1)).await.unwrap();
+        assert_eq!(started.hold.status, HoldStatus::Checkout);
+        assert_eq!(started.hold.expires_at, h.expires_at.plus_secs(WINDOW));
+        assert_eq!(
+            (started.order.status, started.order.amount, started.order.quantity),
+            (OrderStatus::Pending, h.amount, 2)
+        );
+        assert_eq!(started.attempt.status, AttemptStatus::Started);
+        assert_eq!(store.order_attempts(&started.order.id).await.unwrap(), vec![started.attempt.clone()]);
+        // Payment under way: no second checkout, no release, no expiry.
+        match start(store, &h, &fan, at(2)).await.unwrap_err() {
+            CheckoutRefusal::HoldNotActive { status: HoldStatus::Checkout, order: Some(o) } => {
+                assert_eq!(o.id, started.order.id)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.release_hold(&h.id, &fan.id, at(2)).await.unwrap(), ReleaseOutcome::InCheckout(_)));
+        let late = at(61 + WINDOW);
+        assert!(store.expire_holds(late, 100).await.unwrap().is_empty(), "the sweeper never touches checkout");
+        assert!(matches!(hold(store, &e, &other, seats(&["A1"]), late).await, Err(HoldRejection::Unavailable(_))));
+        // A card the fan can fix: back to held, same (extended) expiry...
+        let failed = applied(store.settle(settlement(&started, HoldFate::Keep, at(3))).await.unwrap());
+        assert_eq!((failed.status, failed.failure_code.as_deref()), (OrderStatus::Failed, Some("incorrect_number")));
+        let back = store.hold(&h.id).await.unwrap().unwrap();
+        assert_eq!((back.status, back.expires_at), (HoldStatus::Held, started.hold.expires_at));
+        // ...and the next attempt reopens the same order without extending again.
+        let again = start(store, &h, &fan, at(4)).await.unwrap();
+        assert_eq!(again.order.id, started.order.id);
+        assert_eq!(again.order.status, OrderStatus::Pending);
+        assert_eq!(again.hold.expires_at, started.hold.expires_at, "extended once");
+        assert_eq!(store.order_attempts(&started.order.id).await.unwrap().len(), 2);
+        // A lapsed hold cannot start a checkout.
+        let h2 = hold(store, &e, &fan, seats(&["B1"]), T0).await.unwrap();
+        assert_eq!(start(store, &h2, &fan, at(60)).await.unwrap_err(), CheckoutRefusal::HoldExpired);
+    }
+
+    pub async fn a_sale_sells_seats_and_issues_tickets_in_one_transaction(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 4})).await;
+        let fan = customer(store, "fan@example.com").await;
+        let h = hold(store, &e, &fan, seats(&["A1", "A2"]), T0).await.unwrap();
+        let started = start(store, &h, &fan, at(1)).await.unwrap();
+        let order = applied(store.settle(settlement(&started, HoldFate::Sell, at(2))).await.unwrap());
+        assert_eq!(order.status, OrderStatus::Confirmed);
+        assert_eq!(order.payment_intent, Some(format!("pi_{}", started.attempt.id)));
+        assert_eq!(store.order(&order.id).await.unwrap(), Some(order.clone()));
+        assert_eq!(store.order_for_hold(&h.id).await.unwrap().map(|o| o.id), Some(order.id.clone()));
+        let tickets = store.order_tickets(&order.id).await.unwrap();
+        let mut sold: Vec<String> = tickets.iter().map(|t| t.seat.as_ref().unwrap().to_string()).collect();
+        sold.sort();
+        assert_eq!(sold, vec!["A1", "A2"]);
+        assert!(tickets.iter().all(|t| t.status == TicketStatus::Valid && t.customer_id == fan.id));
+        assert_eq!(store.hold(&h.id).await.unwrap().unwrap().status, HoldStatus::Purchased);
+        let counts = store.availability(&e.id, at(2)).await.unwrap().unwrap().all;
+        assert_eq!((counts.sold, counts.held), (2, 0));
+        assert!(matches!(store.release_hold(&h.id, &fan.id, at(3)).await.unwrap(), ReleaseOutcome::Purchased(_)));
+        // Settling the same attempt again changes nothing.
+        assert!(matches!(
+            store.settle(settlement(&started, HoldFate::Sell, at(3))).await.unwrap(),
+            Settled::AlreadySettled(_)
+        ));
+        assert_eq!(store.order_tickets(&order.id).await.unwrap().len(), 2);
+        // Sold seats are never available, however late.
+        let other = customer(store, "other@example.com").await;
+        assert!(matches!(
+            hold(store, &e, &other, seats(&["A1"]), at(86_400)).await,
+            Err(HoldRejection::Unavailable(_))
+        ));
+        // The purchase limit counts what was bought.
+        match hold(store, &e, &fan, seats(&["B1", "B2", "B3"]), at(4)).await {
+            Err(HoldRejection::LimitExceeded(l)) => assert_eq!((l.already, l.requested), (2, 3)),
+            other => panic!("expected the limit, got {other:?}"),
+        }
+        assert_eq!(store.customer_orders(&fan.id, 10).await.unwrap().len(), 1);
+        assert!(store.customer_orders(&other.id, 10).await.unwrap().is_empty());
+    }
+
+    pub async fn a_failed_payment_that_releases_frees_seats_and_places_at_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let (fan, next) = (customer(store, "fan@example.com").await, customer(store, "next@example.com").await);
+        let h = hold(store, &e, &fan, seats(&["A1"]), T0).await.unwrap();
+        let floor = AreaId::parse("floor").unwrap();
+        let g = hold(store, &e, &fan, Selection::Ga { area: floor.clone(), count: 3 }, T0).await.unwrap();
+        for held in [&h, &g] {
+            let started = start(store, held, &fan, at(1)).await.unwrap();
+            let failed = applied(store.settle(settlement(&started, HoldFate::Release, at(2))).await.unwrap());
+            assert_eq!(failed.failure_code.as_deref(), Some("insufficient_funds"));
+            assert_eq!(store.hold(&held.id).await.unwrap().unwrap().status, HoldStatus::Released);
+        }
+        assert!(hold(store, &e, &next, seats(&["A1"]), at(3)).await.is_ok(), "the seat is free at once");
+        let counts = store.availability(&e.id, at(3)).await.unwrap().unwrap().all;
+        assert_eq!((counts.held, counts.sold), (1, 0), "the GA places came back");
+        assert!(matches!(
+            store.settle(settlement(&start_again_refused(store, &h, &fan).await, HoldFate::Sell, at(4))).await.unwrap(),
+            Settled::AlreadySettled(_)
+        ));
+    }
+
+    /// A started checkout of a hold that has since been released, so a late
+    /// settlement of it must find the order already settled.
+    async fn start_again_refused(store: &DynStore, h: &Hold, who: &Customer) -> CheckoutStarted {
+        let order = store.order_for_hold(&h.id).await.unwrap().unwrap();
+        let attempt = store.order_attempts(&order.id).await.unwrap().pop().unwrap();
+        assert!(matches!(start(store, h, who, at(4)).await, Err(CheckoutRefusal::HoldNotActive { .. })));
+        CheckoutStarted { hold: h.clone(), order, attempt }
+    }
+
+    pub async fn a_pending_payment_waits_in_checkout_then_sells(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let fan = customer(store, "fan@example.com").await;
+        let floor = AreaId::parse("floor").unwrap();
+        let g = hold(store, &e, &fan, Selection::Ga { area: floor, count: 2 }, T0).await.unwrap();
+        let started = start(store, &g, &fan, at(1)).await.unwrap();
+        let pending = applied(store.settle(settlement(&started, HoldFate::AwaitOutcome, at(2))).await.unwrap());
+        assert_eq!(pending.status, OrderStatus::PaymentPending);
+        assert_eq!(store.hold(&g.id).await.unwrap().unwrap().status, HoldStatus::Checkout);
+        let attempts = store.order_attempts(&pending.id).await.unwrap();
+        assert_eq!(attempts[0].status, AttemptStatus::Processing);
+        let sold = applied(store.settle(settlement(&started, HoldFate::Sell, at(3))).await.unwrap());
+        assert_eq!(sold.status, OrderStatus::Confirmed);
+        let tickets = store.order_tickets(&sold.id).await.unwrap();
+        assert_eq!(tickets.len(), 2);
+        assert!(tickets.iter().all(|t| t.seat.is_none() && t.ga_area.is_some()));
+        let floor_counts = store.availability(&e.id, at(3)).await.unwrap().unwrap().all;
+        assert_eq!((floor_counts.sold, floor_counts.held), (2, 0));
+    }
+
+    pub async fn concurrent_settlements_of_one_attempt_apply_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let fan = customer(store, "fan@example.com").await;
+        let h = hold(store, &e, &fan, seats(&["A1", "A2", "A3"]), T0).await.unwrap();
+        let started = start(store, &h, &fan, at(1)).await.unwrap();
+        let n = 10;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                // Half confirm, half release: whichever lands first decides.
+                let fate = if i % 2 == 0 { HoldFate::Sell } else { HoldFate::Release };
+                let s = settlement(&started, fate, at(2));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.settle(s).await.unwrap()
+                })
+            })
+            .collect();
+        let mut applied_n = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Settled::Applied(_) => applied_n += 1,
+                Settled::AlreadySettled(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(applied_n, 1);
+        let order = store.order(&started.order.id).await.unwrap().unwrap();
+        let tickets = store.order_tickets(&order.id).await.unwrap().len();
+        let counts = store.availability(&e.id, at(3)).await.unwrap().unwrap().all;
+        match order.status {
+            OrderStatus::Confirmed => assert_eq!((tickets, counts.sold, counts.held), (3, 3, 0)),
+            OrderStatus::Failed => assert_eq!((tickets, counts.sold, counts.held), (0, 0, 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub async fn a_second_live_ticket_for_a_seat_is_refused_and_nothing_is_written(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({})).await;
+        let fan = customer(store, "fan@example.com").await;
+        let first = hold(store, &e, &fan, seats(&["A1"]), T0).await.unwrap();
+        let started = start(store, &first, &fan, at(1)).await.unwrap();
+        applied(store.settle(settlement(&started, HoldFate::Sell, at(2))).await.unwrap());
+        let second = hold(store, &e, &fan, seats(&["A2"]), T0).await.unwrap();
+        let started2 = start(store, &second, &fan, at(3)).await.unwrap();
+        // A bug that issued a ticket for A1 again: the unique index refuses it.
+        let mut bad = settlement(&started2, HoldFate::Sell, at(4));
+        bad.tickets[0].seat = Some(seat("A1"));
+        assert!(matches!(store.settle(bad).await, Err(StoreError::Duplicate(_))));
+        let order = store.order(&started2.order.id).await.unwrap().unwrap();
+        assert_eq!(order.status, OrderStatus::Pending, "the whole sale was rolled back");
+        assert_eq!(store.hold(&second.id).await.unwrap().unwrap().status, HoldStatus::Checkout);
+        assert_eq!(store.availability(&e.id, at(4)).await.unwrap().unwrap().all.sold, 1);
+    }
+
+    pub async fn idempotency_keys_are_claimed_once_per_customer_and_replayed(store: &DynStore) {
+        let (a, b) = (CustomerId::generate(), CustomerId::generate());
+        let lease = std::time::Duration::from_secs(30);
+        let hash = [1u8; 32];
+        let claim = |who: CustomerId, key: &'static str, hash: [u8; 32], now: Timestamp| {
+            let store = store.clone();
+            async move { store.claim_idempotency_key(&who, key, hash, now, lease).await.unwrap() }
+        };
+        assert_eq!(claim(a.clone(), "k1", hash, T0).await, KeyClaim::Claimed);
+        assert_eq!(claim(a.clone(), "k1", hash, at(1)).await, KeyClaim::InFlight);
+        assert_eq!(claim(a.clone(), "k1", [2u8; 32], at(1)).await, KeyClaim::Mismatch);
+        assert_eq!(claim(b.clone(), "k1", [2u8; 32], at(1)).await, KeyClaim::Claimed, "keys are per customer");
+        store.finish_idempotency_key(&a, "k1", 200, b"{\"ok\":true}".to_vec()).await.unwrap();
+        assert_eq!(
+            claim(a.clone(), "k1", hash, at(2)).await,
+            KeyClaim::Replay { status: 200, body: b"{\"ok\":true}".to_vec() }
+        );
+        // A claim whose node died is taken over after its lease.
+        assert_eq!(claim(a.clone(), "k2", hash, T0).await, KeyClaim::Claimed);
+        assert_eq!(claim(a.clone(), "k2", hash, at(29)).await, KeyClaim::InFlight);
+        assert_eq!(claim(a.clone(), "k2", hash, at(30)).await, KeyClaim::Claimed);
+        // An abandoned claim frees the key.
+        store.abandon_idempotency_key(&a, "k2").await.unwrap();
+        assert_eq!(claim(a.clone(), "k2", [3u8; 32], at(31)).await, KeyClaim::Claimed);
+        // Many requests with one key at once: exactly one runs.
+        let n = 20;
+        let barrier = Arc::new(Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (store, barrier, a) = (store.clone(), barrier.clone(), a.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.claim_idempotency_key(&a, "k3", hash, at(40), lease).await.unwrap()
+                })
+            })
+            .collect();
+        let mut claimed = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                KeyClaim::Claimed => claimed += 1,
+                KeyClaim::InFlight => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(claimed, 1);
+    }
 }
 
 macro_rules! conformance {
@@ -601,6 +914,13 @@ macro_rules! all_cases {
             holds_outside_the_sale_window_are_refused,
             holds_after_a_price_change_get_the_new_price,
             search_pages_in_start_order_with_filters,
+            checkout_takes_the_hold_out_of_expiry_and_extends_it_once,
+            a_sale_sells_seats_and_issues_tickets_in_one_transaction,
+            a_failed_payment_that_releases_frees_seats_and_places_at_once,
+            a_pending_payment_waits_in_checkout_then_sells,
+            concurrent_settlements_of_one_attempt_apply_once,
+            a_second_live_ticket_for_a_seat_is_refused_and_nothing_is_written,
+            idempotency_keys_are_claimed_once_per_customer_and_replayed,
         );
     };
 }

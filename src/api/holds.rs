@@ -127,6 +127,10 @@ pub async fn delete_hold(
         ReleaseOutcome::InCheckout(_) => {
             Err(ApiError::conflict("hold_not_active", "payment for this hold is under way; it cannot be released"))
         }
+        ReleaseOutcome::Purchased(_) => Err(ApiError::conflict(
+            "hold_not_active",
+            "this hold was paid for; its seats belong to the order (an organizer can refund it)",
+        )),
         ReleaseOutcome::NotFound => Err(hold_not_found()),
     }
 }

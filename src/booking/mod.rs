@@ -162,7 +162,9 @@ impl BookingService {
                 self.forget_locks(&h.event_id, &h.seats, &h.id).await;
                 return Ok(outcome);
             }
-            ReleaseOutcome::InCheckout(_) | ReleaseOutcome::NotFound => return Ok(outcome),
+            ReleaseOutcome::InCheckout(_) | ReleaseOutcome::Purchased(_) | ReleaseOutcome::NotFound => {
+                return Ok(outcome)
+            }
         };
         self.forget_locks(&hold.event_id, &hold.seats, &hold.id).await;
         let ga = hold.ga.as_ref().map(|g| GaChange { area: g.area.clone() });

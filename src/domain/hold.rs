@@ -22,6 +22,8 @@ pub enum HoldStatus {
     Released,
     /// The hold ran out of time.
     Expired,
+    /// Paid for: its seats are sold to the hold's order.
+    Purchased,
 }
 
 impl HoldStatus {
@@ -31,6 +33,7 @@ impl HoldStatus {
             HoldStatus::Checkout => "checkout",
             HoldStatus::Released => "released",
             HoldStatus::Expired => "expired",
+            HoldStatus::Purchased => "purchased",
         }
     }
 
@@ -40,6 +43,7 @@ impl HoldStatus {
             "checkout" => HoldStatus::Checkout,
             "released" => HoldStatus::Released,
             "expired" => HoldStatus::Expired,
+            "purchased" => HoldStatus::Purchased,
             _ => return None,
         })
     }

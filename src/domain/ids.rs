@@ -81,6 +81,16 @@ entity_id!(
 entity_id!(
     /// A customer (one per session sign-in, see `domain::customer`).
     CustomerId, "cus");
+entity_id!(
+    /// An order: what a checkout of a hold becomes.
+    OrderId, "ord");
+entity_id!(
+    /// One try at paying for an order; its id derives the gateway's
+    /// idempotency key.
+    AttemptId, "pay");
+entity_id!(
+    /// One ticket: one seat, or one GA place.
+    TicketId, "tkt");
 
 macro_rules! label {
     ($(#[$doc:meta])* $name:ident, $max:literal, $allowed:expr) => {

@@ -7,6 +7,8 @@ pub mod event;
 pub mod hold;
 pub mod ids;
 pub mod money;
+pub mod order;
 pub mod seating;
+pub mod ticket;
 pub mod time;
 pub mod venue;

@@ -18,6 +18,7 @@
 pub mod breaker;
 pub mod client;
 pub mod sim;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 

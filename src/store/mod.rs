@@ -16,11 +16,16 @@ use async_trait::async_trait;
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::{Event, EventStatus};
 use crate::domain::hold::{GaSelection, Hold, LimitExceeded, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, VenueId};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
+pub mod checkout;
 mod codec;
+
+use checkout::{
+    Attempt, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+};
 pub mod postgres;
 pub mod sqlite;
 
@@ -267,6 +272,8 @@ pub enum ReleaseOutcome {
     },
     /// Payment is under way; only checkout's own flow can end it.
     InCheckout(Hold),
+    /// Paid for: its seats belong to an order now (a refund frees them).
+    Purchased(Hold),
     NotFound,
 }
 
@@ -347,6 +354,43 @@ pub trait Store: Send + Sync + 'static {
     /// Ends up to `limit` holds whose time ran out. Idempotent and safe to
     /// run concurrently: each hold is ended by exactly one caller.
     async fn expire_holds(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<ExpiredHold>>;
+
+    /// Moves the customer's live hold to `checkout`, creates or reopens its
+    /// order and writes the payment attempt: one transaction, conditional on
+    /// the hold being `held` and not lapsed.
+    async fn start_checkout(&self, s: CheckoutStart) -> StoreResult<Result<CheckoutStarted, CheckoutRefusal>>;
+    /// Records how a payment attempt ended and does what it means for the
+    /// hold. A sale is one transaction conditional on the hold still being in
+    /// checkout: seats sold, order confirmed, tickets and outbox rows written.
+    async fn settle(&self, s: Settlement) -> StoreResult<Settled>;
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>>;
+    async fn order_for_hold(&self, hold: &HoldId) -> StoreResult<Option<Order>>;
+    /// Newest first, at most `limit`.
+    async fn customer_orders(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<Order>>;
+    /// Oldest first.
+    async fn order_attempts(&self, order: &OrderId) -> StoreResult<Vec<Attempt>>;
+    async fn order_tickets(&self, order: &OrderId) -> StoreResult<Vec<Ticket>>;
+
+    /// Claims `key` for one request of `customer` (see [`KeyClaim`]). A
+    /// claim left running past `lease` (its node died) may be taken over.
+    async fn claim_idempotency_key(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        request_hash: [u8; 32],
+        now: Timestamp,
+        lease: std::time::Duration,
+    ) -> StoreResult<KeyClaim>;
+    /// Stores the response of a claimed key, to be replayed.
+    async fn finish_idempotency_key(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        status: u16,
+        body: Vec<u8>,
+    ) -> StoreResult<()>;
+    /// Gives up a claim whose request did not run, so the key can be used again.
+    async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

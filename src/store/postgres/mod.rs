@@ -31,7 +31,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 mod batch;
+mod checkout;
 
+use super::checkout::{
+    Attempt, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+};
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
 };
@@ -42,7 +46,7 @@ use super::{
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, VenueId};
 use crate::domain::money::Currency;
 use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
@@ -52,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_holds_by_customer.sql")),
     (3, include_str!("migrations/0003_lean_holds.sql")),
+    (4, include_str!("migrations/0004_checkout.sql")),
 ];
 /// Serialises migrations across nodes starting at once.
 const MIGRATION_LOCK: i64 = 0x626f_786f_6666_6963; // "boxoffic"
@@ -537,13 +542,13 @@ async fn pick_and_lock(
 }
 
 /// What a buyer already holds of an event, for the purchase limit: holds
-/// held and not lapsed, or in checkout. The arguments are SQL expressions
+/// held and not lapsed, in checkout, or purchased. The arguments are SQL expressions
 /// (placeholders, or an outer query's columns); both hold paths count this way.
 fn held_by_buyer(buyer: &str, event: &str, now: &str) -> String {
     format!(
         "SELECT COALESCE(SUM(quantity), 0)::bigint FROM holds \
-         WHERE buyer = {buyer} AND event_id = {event} AND status IN ('held', 'checkout') \
-           AND (status = 'checkout' OR expires_at > {now})"
+         WHERE buyer = {buyer} AND event_id = {event} AND status IN ('held', 'checkout', 'purchased') \
+           AND (status <> 'held' OR expires_at > {now})"
     )
 }
 
@@ -974,6 +979,7 @@ impl Store for PgStore {
             };
             let outcome = match hold.effective_status(now) {
                 HoldStatus::Checkout => ReleaseOutcome::InCheckout(hold),
+                HoldStatus::Purchased => ReleaseOutcome::Purchased(hold),
                 HoldStatus::Released => ReleaseOutcome::AlreadyEnded(hold),
                 // Stored as `expired`: the sweeper or a lazy GA reclaim
                 // already gave its inventory back.
@@ -1032,5 +1038,82 @@ impl Store for PgStore {
         }
         .await
         .map_err(classify)
+    }
+
+    async fn start_checkout(&self, s: CheckoutStart) -> StoreResult<Result<CheckoutStarted, CheckoutRefusal>> {
+        checkout::start_checkout(&self.pool, &s).await.map_err(classify)
+    }
+
+    async fn settle(&self, s: Settlement) -> StoreResult<Settled> {
+        checkout::settle(&self.pool, &s).await.map_err(classify)
+    }
+
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        checkout::order_where(&self.pool, "id", id.as_str()).await.map_err(classify)
+    }
+
+    async fn order_for_hold(&self, hold: &HoldId) -> StoreResult<Option<Order>> {
+        checkout::order_where(&self.pool, "hold_id", hold.as_str()).await.map_err(classify)
+    }
+
+    async fn customer_orders(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<Order>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM orders WHERE customer_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+            checkout::ORDER_COLUMNS
+        ))
+        .bind(customer.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.iter().map(checkout::order_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn order_attempts(&self, order: &OrderId) -> StoreResult<Vec<Attempt>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM payment_attempts WHERE order_id = $1 ORDER BY created_at, id",
+            checkout::ATTEMPT_COLUMNS
+        ))
+        .bind(order.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.iter().map(checkout::attempt_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn order_tickets(&self, order: &OrderId) -> StoreResult<Vec<Ticket>> {
+        let rows =
+            sqlx::query(&format!("SELECT {} FROM tickets WHERE order_id = $1 ORDER BY id", checkout::TICKET_COLUMNS))
+                .bind(order.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+        rows.iter().map(checkout::ticket_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        request_hash: [u8; 32],
+        now: Timestamp,
+        lease: Duration,
+    ) -> StoreResult<KeyClaim> {
+        let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
+        checkout::claim_key(&self.pool, customer.as_str(), key, &request_hash, now, lease_ms).await.map_err(classify)
+    }
+
+    async fn finish_idempotency_key(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        status: u16,
+        body: Vec<u8>,
+    ) -> StoreResult<()> {
+        checkout::finish_key(&self.pool, customer.as_str(), key, status, &body).await.map_err(classify)
+    }
+
+    async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()> {
+        checkout::abandon_key(&self.pool, customer.as_str(), key).await.map_err(classify)
     }
 }

@@ -16,6 +16,9 @@ use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::checkout::{
+    Attempt, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+};
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
 };
@@ -26,12 +29,13 @@ use super::{
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, SeatId, VenueId};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, VenueId};
 use crate::domain::money::Currency;
 use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
+mod checkout;
 mod writer;
 
 use writer::{Durability, Keep, Writer};
@@ -45,6 +49,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_holds_by_customer.sql")),
     (3, include_str!("migrations/0003_lean_holds.sql")),
+    (4, include_str!("migrations/0004_checkout.sql")),
 ];
 
 /// How hard SQLite works to make a commit durable.
@@ -540,15 +545,16 @@ fn take_ga(
     }))
 }
 
-/// What a buyer already holds of an event, for the purchase limit: two
-/// ranges of the covering index `holds_live_by_buyer`, so no hold rows are
+/// What a buyer already holds of an event, for the purchase limit (live
+/// holds, holds in checkout, and purchased ones): two ranges of the covering index `holds_live_by_buyer`, so no hold rows are
 /// read. SQLite uses a partial index only when the query states its WHERE
 /// (`status IN (…)`) verbatim.
 const LIMIT_SUM: &str = "SELECT (SELECT COALESCE(SUM(quantity), 0) FROM holds \
-                 WHERE buyer = ?1 AND event_id = ?2 AND status IN ('held', 'checkout') \
+                 WHERE buyer = ?1 AND event_id = ?2 AND status IN ('held', 'checkout', 'purchased') \
                    AND status = 'held' AND expires_at > ?3) \
               + (SELECT COALESCE(SUM(quantity), 0) FROM holds \
-                 WHERE buyer = ?1 AND event_id = ?2 AND status IN ('held', 'checkout') AND status = 'checkout')";
+                 WHERE buyer = ?1 AND event_id = ?2 AND status IN ('held', 'checkout', 'purchased') \
+                   AND status IN ('checkout', 'purchased'))";
 
 /// The whole hold, inside the writer's transaction.
 fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
@@ -907,6 +913,7 @@ impl Store for SqliteStore {
             };
             match hold.effective_status(now) {
                 HoldStatus::Checkout => Ok((ReleaseOutcome::InCheckout(hold), Keep::Rollback)),
+                HoldStatus::Purchased => Ok((ReleaseOutcome::Purchased(hold), Keep::Rollback)),
                 HoldStatus::Released => Ok((ReleaseOutcome::AlreadyEnded(hold), Keep::Rollback)),
                 HoldStatus::Expired => {
                     // Tidy now rather than wait for the sweeper.
@@ -961,6 +968,89 @@ impl Store for SqliteStore {
             Ok((out, Keep::Commit))
         })
         .await
+    }
+
+    async fn start_checkout(&self, s: CheckoutStart) -> StoreResult<Result<CheckoutStarted, CheckoutRefusal>> {
+        self.write(move |c| checkout::start_checkout(c, &s).map(keep_if_ok)).await
+    }
+
+    async fn settle(&self, s: Settlement) -> StoreResult<Settled> {
+        self.write(move |c| checkout::settle(c, &s).map(|r| (r, Keep::Commit))).await
+    }
+
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        let id = id.to_string();
+        self.read(move |c| checkout::load_order(c, &id)).await
+    }
+
+    async fn order_for_hold(&self, hold: &HoldId) -> StoreResult<Option<Order>> {
+        let hold = hold.to_string();
+        self.read(move |c| checkout::load_order_for_hold(c, &hold)).await
+    }
+
+    async fn customer_orders(&self, customer: &CustomerId, limit: u32) -> StoreResult<Vec<Order>> {
+        let customer = customer.to_string();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM orders WHERE customer_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2",
+                checkout::ORDER_COLUMNS
+            );
+            checkout::query_all(c, &sql, params![customer, limit], checkout::order_from_row)
+        })
+        .await
+    }
+
+    async fn order_attempts(&self, order: &OrderId) -> StoreResult<Vec<Attempt>> {
+        let order = order.to_string();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM payment_attempts WHERE order_id = ?1 ORDER BY created_at, id",
+                checkout::ATTEMPT_COLUMNS
+            );
+            checkout::query_all(c, &sql, params![order], checkout::attempt_from_row)
+        })
+        .await
+    }
+
+    async fn order_tickets(&self, order: &OrderId) -> StoreResult<Vec<Ticket>> {
+        let order = order.to_string();
+        self.read(move |c| {
+            let sql = format!("SELECT {} FROM tickets WHERE order_id = ?1 ORDER BY id", checkout::TICKET_COLUMNS);
+            checkout::query_all(c, &sql, params![order], checkout::ticket_from_row)
+        })
+        .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        request_hash: [u8; 32],
+        now: Timestamp,
+        lease: Duration,
+    ) -> StoreResult<KeyClaim> {
+        let (customer, key) = (customer.to_string(), key.to_owned());
+        let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
+        self.write(move |c| {
+            checkout::claim_key(c, &customer, &key, &request_hash, now, lease_ms).map(|r| (r, Keep::Commit))
+        })
+        .await
+    }
+
+    async fn finish_idempotency_key(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        status: u16,
+        body: Vec<u8>,
+    ) -> StoreResult<()> {
+        let (customer, key) = (customer.to_string(), key.to_owned());
+        self.write(move |c| checkout::finish_key(c, &customer, &key, status, &body).map(|r| (r, Keep::Commit))).await
+    }
+
+    async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()> {
+        let (customer, key) = (customer.to_string(), key.to_owned());
+        self.write(move |c| checkout::abandon_key(c, &customer, &key).map(|r| (r, Keep::Commit))).await
     }
 }
 
@@ -1031,6 +1121,9 @@ mod tests {
             .unwrap();
         let searches: Vec<&String> = plan.iter().filter(|p| p.starts_with("SEARCH")).collect();
         assert_eq!(searches.len(), 2, "{plan:?}");
+        let purchased: (String, i64) =
+            conn.query_row("SELECT status, extended FROM holds", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(purchased, ("held".into(), 0), "kept holds start unextended");
         assert!(searches.iter().all(|p| p.contains("USING COVERING INDEX holds_live_by_buyer")), "{plan:?}");
     }
 }
