@@ -16,11 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accelerators::redis_locks::RedisSettings;
 use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
-use crate::api::{self, AppState, HttpLimits};
+use crate::api::{self, AppState, HttpLimits, Payments};
+use crate::booking::checkout::CheckoutService;
 use crate::booking::BookingService;
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, Payments as PaymentsSetting};
+use crate::domain::ticket::TicketSigner;
 use crate::domain::time::Clock;
 use crate::jobs::sweeper;
+use crate::payments::sim::{Faults, Simulator};
+use crate::payments::{ClientSettings, StripeClient};
 use crate::store::postgres::{PgSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::DynStore;
@@ -51,6 +55,48 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
             Ok(Arc::new(PgStore::connect(&primary, &replicas, &settings).await?))
         }
     }
+}
+
+/// The payment gateway (the in-process simulator or a Stripe-compatible
+/// one), the ticket key, and the checkout service over them.
+async fn payments(
+    config: &Config,
+    store: &DynStore,
+    booking: BookingService,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Payments> {
+    let (url, key, simulator) = match config.payments {
+        PaymentsSetting::Simulator => {
+            let sim = Simulator::new(clock.clone(), None, Faults::default());
+            let url = sim.spawn_loopback().await.context("starting the in-process gateway simulator")?;
+            (url, "sk_test_boxoffice_simulator".to_owned(), Some(sim))
+        }
+        PaymentsSetting::Stripe => (
+            config.stripe_url.clone().context("BOXOFFICE_STRIPE_URL")?,
+            config.stripe_key.clone().context("BOXOFFICE_STRIPE_KEY")?,
+            None,
+        ),
+    };
+    let settings = ClientSettings {
+        timeout: Duration::from_millis(config.gateway_timeout_ms),
+        max_retries: config.gateway_max_retries,
+        ..ClientSettings::new(url, key)
+    };
+    let gateway = Arc::new(StripeClient::new(settings, clock)?);
+    let signer = match &config.ticket_signing_key {
+        Some(k) => TicketSigner::from_base64_seed(k).context("BOXOFFICE_TICKET_SIGNING_KEY")?,
+        None => {
+            let fresh = TicketSigner::generate_seed().to_vec();
+            let seed: [u8; 32] = store
+                .ensure_setting("ticket_signing_seed", fresh)
+                .await?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the stored ticket signing seed is not 32 bytes"))?;
+            TicketSigner::from_seed(&seed)
+        }
+    };
+    let checkout = CheckoutService::new(booking, gateway, signer, config.payment_window_seconds);
+    Ok(Payments { checkout, simulator })
 }
 
 pub struct Application {
@@ -102,13 +148,16 @@ impl Application {
             Some(bus) => SeatFeed::relayed(bus.clone()),
             None => Arc::new(SeatFeed::new()),
         };
-        let booking = BookingService::with_feed(store, locks, clock, feed);
+        let booking = BookingService::with_feed(store.clone(), locks, clock.clone(), feed);
+        let payments = payments(config, &store, booking.clone(), clock).await?;
         let state = AppState::new(
             booking,
+            payments,
             catalog,
             admin_token,
             Duration::from_secs(config.session_ttl_hours * 3600),
             config.max_seat_streams,
+            Duration::from_secs(config.request_timeout_seconds),
             telemetry::metrics_handle(),
         );
         let limits = HttpLimits {

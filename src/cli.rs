@@ -179,13 +179,17 @@ boxoffice demo is running at {base}
   admin token : {admin}
   event       : {id}  "{title}" — 300 seats (A1..O20; rows A-B premium) and a 500-place GA area "floor"
   database    : {db} (reset on every demo start)
+  payments    : the in-process gateway simulator (test cards: docs/payments.md)
 
 Try it:
   curl -s {base}/v1/events/{id}/availability
   TOKEN=$(curl -s -X POST {base}/v1/sessions -H 'content-type: application/json' \
             -d '{{"email":"fan@example.com"}}' | sed -E 's/.*"session_token":"([^"]+)".*/\1/')
-  curl -s -X POST {base}/v1/events/{id}/holds -H "authorization: Bearer $TOKEN" \
-       -H 'content-type: application/json' -d '{{"seats":["A7","A8"]}}'
+  HOLD=$(curl -s -X POST {base}/v1/events/{id}/holds -H "authorization: Bearer $TOKEN" \
+       -H 'content-type: application/json' -d '{{"seats":["A7","A8"]}}' | sed -E 's/.*"id":"([^"]+)".*/\1/')
+  curl -s -X POST {base}/v1/holds/$HOLD/checkout -H "authorization: Bearer $TOKEN" \
+       -H "Idempotency-Key: demo-$HOLD" -H 'content-type: application/json' \
+       -d '{{"payment_method":"pm_card_visa"}}'
   curl -s {base}/openapi.json | head -c 300
 
 Press Ctrl-C to stop.

@@ -60,6 +60,38 @@ pub struct Config {
     pub max_seat_streams: usize,
     /// `BOXOFFICE_LOG`: a tracing filter such as `info` or `boxoffice=debug`.
     pub log: String,
+    /// `BOXOFFICE_PAYMENTS`: `simulator` (default: the bundled gateway
+    /// simulator, in-process) or `stripe` (a Stripe-compatible gateway at
+    /// `stripe_url`).
+    pub payments: Payments,
+    /// `BOXOFFICE_STRIPE_URL`: the gateway's base URL, such as
+    /// `https://api.stripe.com` or a `gateway-sim` address.
+    pub stripe_url: Option<String>,
+    /// `BOXOFFICE_STRIPE_KEY`: the gateway's secret key.
+    #[serde(skip_serializing)]
+    pub stripe_key: Option<String>,
+    /// `BOXOFFICE_GATEWAY_TIMEOUT_MS`: the deadline of each gateway call.
+    pub gateway_timeout_ms: u64,
+    /// `BOXOFFICE_GATEWAY_MAX_RETRIES`: retries (same idempotency key) after
+    /// a gateway call that failed in a way a retry may cure.
+    pub gateway_max_retries: u32,
+    /// `BOXOFFICE_PAYMENT_WINDOW_SECONDS`: how much longer a hold lives once
+    /// its checkout starts (added once per hold).
+    pub payment_window_seconds: u32,
+    /// `BOXOFFICE_TICKET_SIGNING_KEY`: the Ed25519 seed (32 bytes,
+    /// base64url) that signs ticket codes. Unset: one is generated and kept
+    /// in the database, shared by every node.
+    #[serde(skip_serializing)]
+    pub ticket_signing_key: Option<String>,
+}
+
+/// Which payment gateway checkout talks to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payments {
+    #[default]
+    Simulator,
+    Stripe,
 }
 
 impl Default for Config {
@@ -83,6 +115,13 @@ impl Default for Config {
             request_timeout_seconds: 30,
             max_seat_streams: 10_000,
             log: "info".into(),
+            payments: Payments::Simulator,
+            stripe_url: None,
+            stripe_key: None,
+            gateway_timeout_ms: 10_000,
+            gateway_max_retries: 3,
+            payment_window_seconds: 600,
+            ticket_signing_key: None,
         }
     }
 }
@@ -127,6 +166,17 @@ impl Config {
         }
         if c.sweep_interval_seconds == 0 {
             bail!("sweep_interval_seconds must be at least 1");
+        }
+        if c.payments == Payments::Stripe && (c.stripe_url.is_none() || c.stripe_key.is_none()) {
+            bail!("payments = \"stripe\" needs stripe_url and stripe_key (BOXOFFICE_STRIPE_URL, BOXOFFICE_STRIPE_KEY)");
+        }
+        if c.gateway_timeout_ms == 0 || c.payment_window_seconds == 0 {
+            bail!("gateway_timeout_ms and payment_window_seconds must be at least 1");
+        }
+        if let Some(k) = &c.ticket_signing_key {
+            if crate::domain::ticket::TicketSigner::from_base64_seed(k).is_none() {
+                bail!("ticket_signing_key must be 32 bytes in base64url");
+            }
         }
         if let Some(t) = &c.admin_token {
             if t.len() < 16 {
@@ -214,6 +264,22 @@ mod layering_tests {
             jail.set_env("BOXOFFICE_ADMIN_TOKEN", "short");
             let err = format!("{:#}", Config::load(None).unwrap_err());
             assert!(err.contains("admin_token"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn stripe_payments_need_a_url_and_a_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BOXOFFICE_PAYMENTS", "stripe");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("stripe_url"), "{err}");
+            jail.set_env("BOXOFFICE_STRIPE_URL", "http://127.0.0.1:12111");
+            jail.set_env("BOXOFFICE_STRIPE_KEY", "sk_test_x");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.payments, Payments::Stripe);
+            jail.set_env("BOXOFFICE_TICKET_SIGNING_KEY", "short");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("ticket_signing_key"), "{err}");
             Ok(())
         });
     }

@@ -16,17 +16,21 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
 use crate::accelerators::CatalogCache;
+use crate::booking::checkout::CheckoutService;
 use crate::booking::BookingService;
 use crate::domain::customer::TokenHash;
 use crate::domain::time::{Clock, Timestamp};
+use crate::payments::sim::Simulator;
 use crate::store::{Customer, DynStore};
 
 pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod holds;
+pub mod idempotency;
 pub mod openapi;
 pub mod ops;
+pub mod orders;
 pub mod sessions;
 
 pub use error::ApiError;
@@ -59,15 +63,30 @@ pub struct Shared {
     pub metrics: Option<PrometheusHandle>,
     /// One permit per open seat-map stream.
     pub seat_streams: Arc<tokio::sync::Semaphore>,
+    pub checkout: CheckoutService,
+    /// The in-process gateway simulator, when payments run on it.
+    pub simulator: Option<Simulator>,
+    /// How long a running idempotent request keeps its key before another
+    /// node may take it over (its request timeout, and then some).
+    pub idempotency_lease: Duration,
+}
+
+/// The payment side of [`AppState`].
+pub struct Payments {
+    pub checkout: CheckoutService,
+    pub simulator: Option<Simulator>,
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         booking: BookingService,
+        payments: Payments,
         catalog: Arc<CatalogCache>,
         admin_token: &str,
         session_ttl: Duration,
         max_seat_streams: usize,
+        request_timeout: Duration,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
         AppState(Arc::new(Shared {
@@ -80,6 +99,9 @@ impl AppState {
             catalog,
             metrics,
             seat_streams: Arc::new(tokio::sync::Semaphore::new(max_seat_streams)),
+            checkout: payments.checkout,
+            simulator: payments.simulator,
+            idempotency_lease: request_timeout * 2,
         }))
     }
 }
@@ -131,7 +153,13 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/events/{id}/seats/stream", get(catalog::seats_stream))
         .route("/events/{id}/holds", post(holds::create_hold))
         .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold))
-        .route("/customers/me/holds", get(holds::my_holds));
+        .route("/customers/me/holds", get(holds::my_holds))
+        .route("/holds/{id}/checkout", post(orders::checkout))
+        .route("/orders/{id}", get(orders::get_order))
+        .route("/customers/me/orders", get(orders::my_orders))
+        .route("/tickets/public-key", get(orders::public_key))
+        .route("/tickets/{id}/qr.svg", get(orders::ticket_qr))
+        .route("/checkins", post(orders::check_in));
 
     let timeout = limits.request_timeout;
     Router::new()

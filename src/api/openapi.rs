@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{catalog, holds, ops, sessions};
+use super::{catalog, holds, ops, orders, sessions};
 
 struct Security;
 
@@ -26,9 +26,11 @@ impl Modify for Security {
         catalog::create_event, catalog::patch_event, catalog::get_event, catalog::search_events,
         catalog::availability, catalog::seats, catalog::seats_stream,
         holds::create_hold, holds::get_hold, holds::delete_hold, holds::my_holds,
+        orders::checkout, orders::get_order, orders::my_orders, orders::ticket_qr, orders::public_key,
+        orders::check_in,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&Security),
-    tags((name = "sessions"), (name = "catalog"), (name = "holds"), (name = "ops"))
+    tags((name = "sessions"), (name = "catalog"), (name = "holds"), (name = "orders"), (name = "ops"))
 )]
 pub struct ApiDoc;

@@ -13,6 +13,8 @@
 //! Best-available and GA holds go straight to the store, which chooses
 //! inside its transaction; the chosen seats are then locked.
 
+pub mod checkout;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -46,6 +46,12 @@ impl TicketSigner {
         Self { key: SigningKey::from_bytes(seed) }
     }
 
+    /// From a base64url seed, as configured or stored.
+    pub fn from_base64_seed(b64: &str) -> Option<Self> {
+        let seed: [u8; 32] = URL_SAFE_NO_PAD.decode(b64.trim()).ok()?.try_into().ok()?;
+        Some(Self::from_seed(&seed))
+    }
+
     /// A fresh key, from the operating system's randomness.
     pub fn generate_seed() -> [u8; 32] {
         let mut seed = [0u8; 32];

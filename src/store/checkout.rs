@@ -225,3 +225,15 @@ pub enum KeyClaim {
     /// The stored first response.
     Replay { status: u16, body: Vec<u8> },
 }
+
+/// What scanning a ticket did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckIn {
+    /// First scan: the ticket is `used` now.
+    Admitted(Ticket),
+    /// Scanned before, at `used_at`.
+    AlreadyUsed(Ticket),
+    /// Refunded: it admits nobody.
+    Void(Ticket),
+    NotFound,
+}

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::{Event, EventStatus};
 use crate::domain::hold::{GaSelection, Hold, LimitExceeded, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, VenueId};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
@@ -24,7 +24,7 @@ pub mod checkout;
 mod codec;
 
 use checkout::{
-    Attempt, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+    Attempt, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
 };
 pub mod postgres;
 pub mod sqlite;
@@ -370,6 +370,10 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn order_attempts(&self, order: &OrderId) -> StoreResult<Vec<Attempt>>;
     async fn order_tickets(&self, order: &OrderId) -> StoreResult<Vec<Ticket>>;
+    async fn ticket(&self, id: &TicketId) -> StoreResult<Option<Ticket>>;
+    /// Admits a valid ticket once: one conditional UPDATE, so of any number
+    /// of simultaneous scans exactly one is `Admitted`.
+    async fn check_in(&self, id: &TicketId, now: Timestamp) -> StoreResult<CheckIn>;
 
     /// Claims `key` for one request of `customer` (see [`KeyClaim`]). A
     /// claim left running past `lease` (its node died) may be taken over.
@@ -391,6 +395,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Gives up a claim whose request did not run, so the key can be used again.
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()>;
+
+    /// The stored value of setting `name`, storing `value` first if there is
+    /// none: the first node to ask decides, every later one reads it.
+    async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

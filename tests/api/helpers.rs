@@ -315,6 +315,22 @@ impl TestApp {
         self.post(&format!("/v1/events/{event}/holds"), Some(token), body).await
     }
 
+    /// `POST /v1/holds/{hold}/checkout` with an Idempotency-Key.
+    pub async fn checkout(&self, token: &str, hold: &str, key: &str, payment_method: &str) -> Reply {
+        let req = self
+            .client
+            .post(self.url(&format!("/v1/holds/{hold}/checkout")))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "payment_method": payment_method }));
+        reply(req.send().await.expect("request sent")).await
+    }
+
+    /// The in-process gateway simulator every test app pays through.
+    pub fn gateway(&self) -> &boxoffice::payments::sim::Simulator {
+        self.state.simulator.as_ref().expect("test apps run the in-process simulator")
+    }
+
     /// Seat id → status from the live seat map.
     pub async fn seat_statuses(&self, event: &str) -> std::collections::BTreeMap<String, String> {
         let r = self.get(&format!("/v1/events/{event}/seats"), None).await;

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod catalog;
+mod checkout;
 mod cluster;
 mod expiry;
 mod helpers;

@@ -15,8 +15,8 @@ use crate::domain::money::Currency;
 use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
-    Attempt, AttemptStatus, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement,
-    Ticket, TicketStatus,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled,
+    Settlement, Ticket, TicketStatus,
 };
 
 pub(super) const ORDER_COLUMNS: &str = "id, hold_id, event_id, customer_id, status, amount, currency, quantity, \
@@ -453,4 +453,30 @@ pub(super) async fn abandon_key(pool: &PgPool, customer: &str, key: &str) -> any
         .execute(pool)
         .await?;
     Ok(())
+}
+
+pub(super) async fn ticket(pool: &PgPool, id: &str) -> anyhow::Result<Option<Ticket>> {
+    let row = sqlx::query(&format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(ticket_from_row).transpose()
+}
+
+pub(super) async fn check_in(pool: &PgPool, id: &str, now: Timestamp) -> anyhow::Result<CheckIn> {
+    let admitted = sqlx::query(&format!(
+        "UPDATE tickets SET status = 'used', used_at = $2 WHERE id = $1 AND status = 'valid' RETURNING {TICKET_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(now.as_millis())
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = admitted {
+        return Ok(CheckIn::Admitted(ticket_from_row(&row)?));
+    }
+    Ok(match ticket(pool, id).await? {
+        Some(t) if t.status == TicketStatus::Void => CheckIn::Void(t),
+        Some(t) => CheckIn::AlreadyUsed(t),
+        None => CheckIn::NotFound,
+    })
 }

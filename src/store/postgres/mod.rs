@@ -34,7 +34,7 @@ mod batch;
 mod checkout;
 
 use super::checkout::{
-    Attempt, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+    Attempt, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -46,7 +46,7 @@ use super::{
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, VenueId};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId};
 use crate::domain::money::Currency;
 use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
@@ -1091,6 +1091,14 @@ impl Store for PgStore {
         rows.iter().map(checkout::ticket_from_row).collect::<anyhow::Result<_>>().map_err(err)
     }
 
+    async fn ticket(&self, id: &TicketId) -> StoreResult<Option<Ticket>> {
+        checkout::ticket(&self.pool, id.as_str()).await.map_err(classify)
+    }
+
+    async fn check_in(&self, id: &TicketId, now: Timestamp) -> StoreResult<CheckIn> {
+        checkout::check_in(&self.pool, id.as_str(), now).await.map_err(classify)
+    }
+
     async fn claim_idempotency_key(
         &self,
         customer: &CustomerId,
@@ -1115,5 +1123,19 @@ impl Store for PgStore {
 
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()> {
         checkout::abandon_key(&self.pool, customer.as_str(), key).await.map_err(classify)
+    }
+
+    async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(&value)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)
     }
 }

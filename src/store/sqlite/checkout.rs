@@ -3,7 +3,7 @@
 //! being in checkout" is checked and acted on with no other writer between.
 
 use anyhow::{anyhow, bail};
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{find_one, load_hold};
 use crate::domain::hold::{Hold, HoldStatus};
@@ -12,8 +12,8 @@ use crate::domain::money::Currency;
 use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
-    Attempt, AttemptStatus, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement,
-    Ticket, TicketStatus,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled,
+    Settlement, Ticket, TicketStatus,
 };
 use crate::store::codec::encode_seats;
 
@@ -384,4 +384,26 @@ pub(super) fn query_all<T>(
         out.push(decode(r)?);
     }
     Ok(out)
+}
+
+pub(super) fn load_ticket(conn: &Connection, id: &str) -> anyhow::Result<Option<Ticket>> {
+    find_one(conn, &format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?1"), id, ticket_from_row)
+}
+
+pub(super) fn check_in(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<CheckIn> {
+    let admitted = conn
+        .prepare_cached(&format!(
+            "UPDATE tickets SET status = 'used', used_at = ?2 WHERE id = ?1 AND status = 'valid' RETURNING {TICKET_COLUMNS}"
+        ))?
+        .query_row(params![id, now.as_millis()], |r| Ok(ticket_from_row(r)))
+        .optional()?
+        .transpose()?;
+    if let Some(t) = admitted {
+        return Ok(CheckIn::Admitted(t));
+    }
+    Ok(match load_ticket(conn, id)? {
+        Some(t) if t.status == TicketStatus::Void => CheckIn::Void(t),
+        Some(t) => CheckIn::AlreadyUsed(t),
+        None => CheckIn::NotFound,
+    })
 }

@@ -17,7 +17,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::checkout::{
-    Attempt, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+    Attempt, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -29,7 +29,7 @@ use super::{
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, VenueId};
+use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId};
 use crate::domain::money::Currency;
 use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
@@ -1021,6 +1021,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn ticket(&self, id: &TicketId) -> StoreResult<Option<Ticket>> {
+        let id = id.to_string();
+        self.read(move |c| checkout::load_ticket(c, &id)).await
+    }
+
+    async fn check_in(&self, id: &TicketId, now: Timestamp) -> StoreResult<CheckIn> {
+        let id = id.to_string();
+        self.write(move |c| checkout::check_in(c, &id, now).map(|r| (r, Keep::Commit))).await
+    }
+
     async fn claim_idempotency_key(
         &self,
         customer: &CustomerId,
@@ -1051,6 +1061,18 @@ impl Store for SqliteStore {
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()> {
         let (customer, key) = (customer.to_string(), key.to_owned());
         self.write(move |c| checkout::abandon_key(c, &customer, &key).map(|r| (r, Keep::Commit))).await
+    }
+
+    async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                .execute(params![name, value])?;
+            let stored =
+                c.prepare_cached("SELECT value FROM settings WHERE name = ?1")?.query_row([&name], |r| r.get(0))?;
+            Ok((stored, Keep::Commit))
+        })
+        .await
     }
 }
 
