@@ -22,7 +22,7 @@ use crate::booking::BookingService;
 use crate::config::{Config, Database, Payments as PaymentsSetting};
 use crate::domain::ticket::TicketSigner;
 use crate::domain::time::Clock;
-use crate::jobs::sweeper;
+use crate::jobs::{reconcile, sweeper};
 use crate::payments::sim::{Faults, Simulator};
 use crate::payments::{ClientSettings, StripeClient};
 use crate::store::postgres::{PgSettings, PgStore};
@@ -106,6 +106,7 @@ pub struct Application {
     bus: Option<RedisBus>,
     role: Role,
     sweep_period: Duration,
+    reconcile_period: Duration,
 }
 
 impl Application {
@@ -177,6 +178,7 @@ impl Application {
             bus,
             role,
             sweep_period: Duration::from_secs(config.sweep_interval_seconds),
+            reconcile_period: Duration::from_secs(config.reconcile_interval_seconds),
         })
     }
 
@@ -203,7 +205,13 @@ impl Application {
         });
         let jobs = match self.role {
             Role::All | Role::Worker => {
-                Some(tokio::spawn(sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone())))
+                let checkout = self.state.checkout.clone();
+                let reconcile_period = self.reconcile_period;
+                let sweeps = sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone());
+                let reconciles = reconcile::run(checkout, reconcile_period, stop.clone());
+                Some(tokio::spawn(async move {
+                    tokio::join!(sweeps, reconciles);
+                }))
             }
             Role::Api => None,
         };

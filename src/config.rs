@@ -49,6 +49,9 @@ pub struct Config {
     pub sqlite_synchronous: Synchronous,
     /// `BOXOFFICE_SWEEP_INTERVAL_SECONDS`: how often lapsed holds are tidied.
     pub sweep_interval_seconds: u64,
+    /// `BOXOFFICE_RECONCILE_INTERVAL_SECONDS`: how often payments whose
+    /// outcome was not known are settled with the gateway.
+    pub reconcile_interval_seconds: u64,
     /// `BOXOFFICE_SESSION_TTL_HOURS`: how long a customer session lasts.
     pub session_ttl_hours: u64,
     /// `BOXOFFICE_MAX_BODY_BYTES`: request body limit (venues get 32 MiB).
@@ -110,6 +113,7 @@ impl Default for Config {
             admin_token: None,
             sqlite_synchronous: Synchronous::Auto,
             sweep_interval_seconds: 5,
+            reconcile_interval_seconds: 15,
             session_ttl_hours: 24 * 30,
             max_body_bytes: 256 * 1024,
             request_timeout_seconds: 30,
@@ -164,8 +168,8 @@ impl Config {
         if c.database_max_connections == 0 || c.database_statement_timeout_ms == 0 {
             bail!("database_max_connections and database_statement_timeout_ms must be at least 1");
         }
-        if c.sweep_interval_seconds == 0 {
-            bail!("sweep_interval_seconds must be at least 1");
+        if c.sweep_interval_seconds == 0 || c.reconcile_interval_seconds == 0 {
+            bail!("sweep_interval_seconds and reconcile_interval_seconds must be at least 1");
         }
         if c.payments == Payments::Stripe && (c.stripe_url.is_none() || c.stripe_key.is_none()) {
             bail!("payments = \"stripe\" needs stripe_url and stripe_key (BOXOFFICE_STRIPE_URL, BOXOFFICE_STRIPE_KEY)");

@@ -28,12 +28,28 @@ use crate::domain::ids::{AttemptId, HoldId, OrderId, TicketId};
 use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::ticket::{TicketClaims, TicketSigner, TicketVerifier};
 use crate::payments::verdict::Verdict;
-use crate::payments::{Gateway, GatewayError, Intent, PaymentRequest};
+use crate::payments::{Gateway, GatewayError, Intent, IntentStatus, PaymentRequest};
 use crate::store::checkout::{
     Attempt, AttemptStatus, CheckoutRefusal, CheckoutStart, NewTicket, Order, OutboxMessage, Settled, Settlement,
     Ticket,
 };
 use crate::store::{Customer, DynStore, StoreError};
+
+/// An attempt that never reached the gateway is closed after this long.
+const ORPHAN_GIVE_UP_MS: i64 = 24 * 3600 * 1000;
+
+/// What one reconciliation pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Unsettled orders the gateway's answer settled.
+    pub settled: u32,
+    /// Unsettled orders past their window whose hold was released.
+    pub timed_out: u32,
+    /// Payments that succeeded after their order ended, refunded.
+    pub late_refunds: u32,
+    /// Open attempts of ended orders found failed and closed.
+    pub closed: u32,
+}
 
 /// An order and its tickets, as a fan sees them.
 #[derive(Clone, Debug)]
@@ -126,22 +142,10 @@ impl CheckoutService {
         if !order.status.unsettled() {
             return self.receipt(order).await;
         }
-        let attempts = self.store().order_attempts(&order.id).await?;
-        let Some(attempt) = attempts.into_iter().rev().find(|a| {
-            matches!(a.status, AttemptStatus::Started | AttemptStatus::RequiresAction | AttemptStatus::Processing)
-        }) else {
+        let Some(attempt) = self.running_attempt(&order).await? else {
             return self.receipt(order).await;
         };
-        let found = match &attempt.intent_id {
-            Some(id) => self.0.gateway.retrieve(id).await.map(Some),
-            None => self
-                .0
-                .gateway
-                .search_metadata("attempt_id", attempt.id.as_str())
-                .await
-                .map(|found| found.into_iter().next()),
-        };
-        let intent = match found {
+        let intent = match self.find_intent(&attempt).await {
             Ok(Some(intent)) => intent,
             Ok(None) | Err(_) => return self.receipt(order).await,
         };
@@ -149,6 +153,158 @@ impl CheckoutService {
             return Err(StoreError::Internal(anyhow::anyhow!("order {} has no hold", order.id)));
         };
         self.apply(&order, &attempt, &hold, Ok(intent)).await
+    }
+
+    /// One reconciliation pass over at most `limit` unsettled orders and
+    /// `limit` orphaned attempts (see `jobs::reconcile`).
+    pub async fn reconcile(&self, limit: u32) -> Result<Reconciled, StoreError> {
+        let mut done = Reconciled::default();
+        for order in self.store().unsettled_orders(limit).await? {
+            let receipt = self.refresh(order).await?;
+            if !receipt.order.status.unsettled() {
+                done.settled += 1;
+                continue;
+            }
+            let now = self.0.booking.clock().now();
+            let lapsed = self.store().hold(&receipt.order.hold_id).await?.filter(|h| h.expires_at <= now);
+            if let Some(hold) = lapsed {
+                if self.time_out(&receipt.order, &hold).await? {
+                    done.timed_out += 1;
+                }
+            }
+        }
+        for attempt in self.store().orphaned_attempts(limit).await? {
+            match self.close_orphan(&attempt).await? {
+                Some(true) => done.late_refunds += 1,
+                Some(false) => done.closed += 1,
+                None => {}
+            }
+        }
+        Ok(done)
+    }
+
+    /// An unsettled order whose checkout window has passed: the hold is
+    /// released, so its seats can sell again. A payment waiting for 3-D
+    /// Secure is cancelled first; one whose outcome is still unknown keeps
+    /// its attempt open (a late success is refunded by [`Self::close_orphan`])
+    /// and raises an alert. Returns whether this call released the hold.
+    async fn time_out(&self, order: &Order, hold: &Hold) -> Result<bool, StoreError> {
+        let Some(attempt) = self.running_attempt(order).await? else { return Ok(false) };
+        let mut attempt_status = attempt.status;
+        if let (AttemptStatus::RequiresAction, Some(intent)) = (attempt.status, &attempt.intent_id) {
+            match self.0.gateway.cancel(intent, &format!("boxoffice-cancel-{}", attempt.id)).await {
+                Ok(_) => attempt_status = AttemptStatus::Failed,
+                // It moved on at the gateway (paid, or processing): the next
+                // pass reads it again.
+                Err(_) => return Ok(false),
+            }
+        }
+        let settled = self
+            .store()
+            .settle(Settlement {
+                order_id: order.id.clone(),
+                attempt_id: attempt.id.clone(),
+                attempt_status,
+                order_status: OrderStatus::Failed,
+                hold: HoldFate::Release,
+                failure_code: Some("payment_timeout".into()),
+                intent_id: None,
+                action_url: None,
+                tickets: vec![],
+                outbox: vec![],
+                now: self.0.booking.clock().now(),
+            })
+            .await?;
+        let Settled::Applied(_) = settled else { return Ok(false) };
+        self.tell_seat_map(hold, HoldFate::Release).await;
+        if attempt_status != AttemptStatus::Failed {
+            tracing::error!(order = %order.id, attempt = %attempt.id, "payment outcome still unknown after its window");
+            metrics::counter!("boxoffice_payment_alerts_total", "kind" => "outcome_unknown").increment(1);
+            let alert = OutboxMessage {
+                topic: "ops.alert".into(),
+                payload: json!({"kind": "payment_outcome_unknown", "order_id": order.id, "attempt_id": attempt.id})
+                    .to_string(),
+            };
+            self.store().alert_once(&order.id, alert, self.0.booking.clock().now()).await?;
+        }
+        Ok(true)
+    }
+
+    async fn running_attempt(&self, order: &Order) -> Result<Option<Attempt>, StoreError> {
+        let attempts = self.store().order_attempts(&order.id).await?;
+        Ok(attempts.into_iter().rev().find(|a| {
+            matches!(a.status, AttemptStatus::Started | AttemptStatus::RequiresAction | AttemptStatus::Processing)
+        }))
+    }
+
+    /// What the gateway knows of an attempt: by intent id, or by the
+    /// attempt's metadata when its answer was lost. `Ok(None)`: no intent.
+    async fn find_intent(&self, attempt: &Attempt) -> Result<Option<Intent>, GatewayError> {
+        match &attempt.intent_id {
+            Some(id) => self.0.gateway.retrieve(id).await.map(Some),
+            None => Ok(self.0.gateway.search_metadata("attempt_id", attempt.id.as_str()).await?.into_iter().next()),
+        }
+    }
+
+    /// An attempt still open after its order ended. A capture is refunded
+    /// (14: the seats may be someone else's by now); a failure closes it.
+    /// `Some(true)`: refunded; `Some(false)`: closed; `None`: still open.
+    async fn close_orphan(&self, attempt: &Attempt) -> Result<Option<bool>, StoreError> {
+        let now = self.0.booking.clock().now();
+        let intent = match self.find_intent(attempt).await {
+            Ok(Some(i)) => i,
+            // Never reached the gateway: after a day nothing will arrive.
+            Ok(None) if now.as_millis() - attempt.created_at.as_millis() > ORPHAN_GIVE_UP_MS => {
+                return Ok(self
+                    .store()
+                    .close_attempt(&attempt.id, AttemptStatus::Failed, None, now)
+                    .await?
+                    .then_some(false))
+            }
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        match intent.status {
+            IntentStatus::Succeeded => {
+                let key = format!("boxoffice-refund-{}", attempt.id);
+                match self.0.gateway.refund(&intent.id, None, &key).await {
+                    Ok(_) => {}
+                    Err(GatewayError::Invalid { code: Some(c), .. }) if c == "charge_already_refunded" => {}
+                    Err(e) => {
+                        tracing::warn!(attempt = %attempt.id, error = %e, "late refund failed; will retry");
+                        return Ok(None);
+                    }
+                }
+                tracing::warn!(order = %attempt.order_id, intent = %intent.id, "late payment refunded");
+                metrics::counter!("boxoffice_late_payments_refunded_total").increment(1);
+                let note = OutboxMessage {
+                    topic: "order.late_payment_refunded".into(),
+                    payload:
+                        json!({"order_id": attempt.order_id, "intent": intent.id, "amount": intent.amount_received})
+                            .to_string(),
+                };
+                self.store().alert_once(&attempt.order_id, note, now).await?;
+                let closed =
+                    self.store().close_attempt(&attempt.id, AttemptStatus::Succeeded, Some(&intent.id), now).await?;
+                Ok(closed.then_some(true))
+            }
+            IntentStatus::RequiresAction => {
+                let key = format!("boxoffice-cancel-{}", attempt.id);
+                if self.0.gateway.cancel(&intent.id, &key).await.is_err() {
+                    return Ok(None);
+                }
+                Ok(self
+                    .store()
+                    .close_attempt(&attempt.id, AttemptStatus::Failed, Some(&intent.id), now)
+                    .await?
+                    .then_some(false))
+            }
+            IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => Ok(self
+                .store()
+                .close_attempt(&attempt.id, AttemptStatus::Failed, Some(&intent.id), now)
+                .await?
+                .then_some(false)),
+            IntentStatus::Processing | IntentStatus::RequiresCapture | IntentStatus::RequiresConfirmation => Ok(None),
+        }
     }
 
     /// Records what `result` means for the attempt, its order and its hold.

@@ -146,6 +146,15 @@ pub struct OutboxMessage {
     pub payload: String,
 }
 
+/// An outbox row waiting for delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub topic: String,
+    pub payload: String,
+    pub attempts: u32,
+}
+
 /// Starting a checkout: the hold moves to `checkout` (its expiry extended
 /// once by the payment window), its order is created or reopened, and the
 /// payment attempt is written, all in one transaction.

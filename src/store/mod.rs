@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::{Event, EventStatus};
 use crate::domain::hold::{GaSelection, Hold, LimitExceeded, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId};
+use crate::domain::ids::{
+    AreaId, AttemptId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId,
+};
 use crate::domain::time::Timestamp;
 use crate::domain::venue::Venue;
 
@@ -24,7 +26,8 @@ pub mod checkout;
 mod codec;
 
 use checkout::{
-    Attempt, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
+    OutboxRow, Settled, Settlement, Ticket,
 };
 pub mod postgres;
 pub mod sqlite;
@@ -395,6 +398,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Gives up a claim whose request did not run, so the key can be used again.
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()>;
+
+    /// Orders whose outcome is still open (`pending`, `requires_action`,
+    /// `payment_pending`), least recently updated first.
+    async fn unsettled_orders(&self, limit: u32) -> StoreResult<Vec<Order>>;
+    /// Attempts still open (`started`, `requires_action`, `processing`) whose
+    /// order has already ended: payments that may yet succeed late.
+    async fn orphaned_attempts(&self, limit: u32) -> StoreResult<Vec<Attempt>>;
+    /// Ends an open attempt of an order that has already ended; false if it
+    /// was no longer open (another node closed it).
+    async fn close_attempt(
+        &self,
+        attempt: &AttemptId,
+        status: AttemptStatus,
+        intent_id: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+    /// Writes `message` to the outbox once per (order, topic): false if it was
+    /// written before.
+    async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool>;
+
+    /// Undelivered outbox rows due at `now`, oldest first.
+    async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>>;
 
     /// The stored value of setting `name`, storing `value` first if there is
     /// none: the first node to ask decides, every later one reads it.

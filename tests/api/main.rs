@@ -9,6 +9,7 @@ mod cluster;
 mod expiry;
 mod helpers;
 mod races;
+mod reconcile;
 mod redis;
 #[path = "../common/redis.rs"]
 mod redis_support;

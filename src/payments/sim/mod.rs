@@ -277,6 +277,28 @@ impl Simulator {
         books.ledger.clone()
     }
 
+    /// Ends a `processing` payment now, as its bank finally answers.
+    pub fn settle(&self, intent_id: &str, success: bool) -> Result<Intent, String> {
+        self.complete(intent_id, IntentStatus::Processing, success)
+            .map_err(|r| r.body["error"]["message"].as_str().unwrap_or("refused").to_owned())
+    }
+
+    fn complete(&self, id: &str, from: IntentStatus, success: bool) -> Result<Intent, Reply> {
+        let mut books = self.0.books.lock();
+        match books.intents.get(id).map(|i| i.intent.status) {
+            None => Err(missing_intent(id)),
+            Some(s) if s != from => Err(invalid(
+                "payment_intent_unexpected_state",
+                "id",
+                &format!("The PaymentIntent is {}, not {}.", s.as_str(), from.as_str()),
+            )),
+            Some(_) => {
+                finish(&mut books, id, success, self.now());
+                Ok(books.intents[id].intent.clone())
+            }
+        }
+    }
+
     fn now(&self) -> Timestamp {
         self.0.clock.now()
     }
@@ -842,18 +864,9 @@ fn complete(sim: &Simulator, id: &str, body: &Bytes, from: IntentStatus) -> Resp
     let Some(success) = chosen_outcome(body) else {
         return reply(invalid("parameter_invalid", "outcome", "outcome must be succeeded or failed"));
     };
-    let mut books = sim.0.books.lock();
-    match books.intents.get(id).map(|i| i.intent.status) {
-        None => reply(missing_intent(id)),
-        Some(s) if s != from => reply(invalid(
-            "payment_intent_unexpected_state",
-            "id",
-            &format!("The PaymentIntent is {}, not {}.", s.as_str(), from.as_str()),
-        )),
-        Some(_) => {
-            finish(&mut books, id, success, sim.now());
-            reply(Reply { status: StatusCode::OK, body: intent_json(&books.intents[id].intent) })
-        }
+    match sim.complete(id, from, success) {
+        Ok(intent) => reply(Reply { status: StatusCode::OK, body: intent_json(&intent) }),
+        Err(r) => reply(r),
     }
 }
 

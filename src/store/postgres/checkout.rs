@@ -15,8 +15,8 @@ use crate::domain::money::Currency;
 use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
-    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled,
-    Settlement, Ticket, TicketStatus,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
+    Settled, Settlement, Ticket, TicketStatus,
 };
 
 pub(super) const ORDER_COLUMNS: &str = "id, hold_id, event_id, customer_id, status, amount, currency, quantity, \
@@ -479,4 +479,40 @@ pub(super) async fn check_in(pool: &PgPool, id: &str, now: Timestamp) -> anyhow:
         Some(t) => CheckIn::AlreadyUsed(t),
         None => CheckIn::NotFound,
     })
+}
+
+pub(super) async fn close_attempt(
+    pool: &PgPool,
+    id: &str,
+    status: AttemptStatus,
+    intent_id: Option<&str>,
+    now: Timestamp,
+) -> anyhow::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE payment_attempts SET status = $2, intent_id = COALESCE($3, intent_id), updated_at = $4 \
+         WHERE id = $1 AND status IN ('started', 'requires_action', 'processing')",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(intent_id)
+    .bind(now.as_millis())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+pub(super) async fn alert_once(pool: &PgPool, order: &str, m: &OutboxMessage, now: Timestamp) -> anyhow::Result<bool> {
+    let n = sqlx::query(
+        "INSERT INTO outbox (topic, payload, created_at, next_attempt_at, dedup_key) VALUES ($1, $2, $3, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&m.topic)
+    .bind(&m.payload)
+    .bind(now.as_millis())
+    .bind(format!("{}:{order}", m.topic))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }

@@ -34,7 +34,8 @@ mod batch;
 mod checkout;
 
 use super::checkout::{
-    Attempt, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
+    OutboxRow, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -46,7 +47,9 @@ use super::{
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId};
+use crate::domain::ids::{
+    AreaId, AttemptId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId,
+};
 use crate::domain::money::Currency;
 use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
@@ -1123,6 +1126,65 @@ impl Store for PgStore {
 
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()> {
         checkout::abandon_key(&self.pool, customer.as_str(), key).await.map_err(classify)
+    }
+
+    async fn unsettled_orders(&self, limit: u32) -> StoreResult<Vec<Order>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM orders WHERE status IN ('pending', 'requires_action', 'payment_pending') \
+             ORDER BY updated_at LIMIT $1",
+            checkout::ORDER_COLUMNS
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.iter().map(checkout::order_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn orphaned_attempts(&self, limit: u32) -> StoreResult<Vec<Attempt>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM payment_attempts a \
+             WHERE a.status IN ('started', 'requires_action', 'processing') \
+               AND EXISTS (SELECT 1 FROM orders o WHERE o.id = a.order_id \
+                           AND o.status NOT IN ('pending', 'requires_action', 'payment_pending')) \
+             ORDER BY a.updated_at LIMIT $1",
+            checkout::ATTEMPT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ")
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.iter().map(checkout::attempt_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn close_attempt(
+        &self,
+        attempt: &AttemptId,
+        status: AttemptStatus,
+        intent_id: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        checkout::close_attempt(&self.pool, attempt.as_str(), status, intent_id, now).await.map_err(classify)
+    }
+
+    async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
+        checkout::alert_once(&self.pool, order.as_str(), &message, now).await.map_err(classify)
+    }
+
+    async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>> {
+        let rows: Vec<(i64, String, String, i32)> = sqlx::query_as(
+            "SELECT id, topic, payload, attempts FROM outbox \
+             WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
+        )
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, topic, payload, attempts)| OutboxRow { id, topic, payload, attempts: attempts as u32 })
+            .collect())
     }
 
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {

@@ -12,8 +12,8 @@ use crate::domain::money::Currency;
 use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
-    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled,
-    Settlement, Ticket, TicketStatus,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
+    Settled, Settlement, Ticket, TicketStatus,
 };
 use crate::store::codec::encode_seats;
 
@@ -406,4 +406,30 @@ pub(super) fn check_in(conn: &Connection, id: &str, now: Timestamp) -> anyhow::R
         Some(t) => CheckIn::AlreadyUsed(t),
         None => CheckIn::NotFound,
     })
+}
+
+pub(super) fn close_attempt(
+    conn: &Connection,
+    id: &str,
+    status: AttemptStatus,
+    intent_id: Option<&str>,
+    now: Timestamp,
+) -> anyhow::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE payment_attempts SET status = ?2, intent_id = COALESCE(?3, intent_id), updated_at = ?4 \
+             WHERE id = ?1 AND status IN ('started', 'requires_action', 'processing')",
+        )?
+        .execute(params![id, status.as_str(), intent_id, now.as_millis()])?;
+    Ok(n == 1)
+}
+
+pub(super) fn alert_once(conn: &Connection, order: &str, m: &OutboxMessage, now: Timestamp) -> anyhow::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO outbox (topic, payload, created_at, next_attempt_at, dedup_key) VALUES (?1, ?2, ?3, ?3, ?4) \
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![m.topic, m.payload, now.as_millis(), format!("{}:{order}", m.topic)])?;
+    Ok(n == 1)
 }

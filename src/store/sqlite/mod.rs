@@ -17,7 +17,8 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::checkout::{
-    Attempt, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, Settled, Settlement, Ticket,
+    Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
+    OutboxRow, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -29,7 +30,9 @@ use super::{
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
 use crate::domain::hold::{check_purchase_limit, GaSelection, Hold, HoldStatus, Selection};
-use crate::domain::ids::{AreaId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId};
+use crate::domain::ids::{
+    AreaId, AttemptId, Category, CustomerId, EventId, HoldId, OrderId, SeatId, TicketId, VenueId,
+};
 use crate::domain::money::Currency;
 use crate::domain::seating::{pick_best, FreeSeat};
 use crate::domain::time::Timestamp;
@@ -1061,6 +1064,63 @@ impl Store for SqliteStore {
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()> {
         let (customer, key) = (customer.to_string(), key.to_owned());
         self.write(move |c| checkout::abandon_key(c, &customer, &key).map(|r| (r, Keep::Commit))).await
+    }
+
+    async fn unsettled_orders(&self, limit: u32) -> StoreResult<Vec<Order>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM orders WHERE status IN ('pending', 'requires_action', 'payment_pending') \
+                 ORDER BY updated_at LIMIT ?1",
+                checkout::ORDER_COLUMNS
+            );
+            checkout::query_all(c, &sql, params![limit], checkout::order_from_row)
+        })
+        .await
+    }
+
+    async fn orphaned_attempts(&self, limit: u32) -> StoreResult<Vec<Attempt>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM payment_attempts a \
+                 WHERE a.status IN ('started', 'requires_action', 'processing') \
+                   AND EXISTS (SELECT 1 FROM orders o WHERE o.id = a.order_id \
+                               AND o.status NOT IN ('pending', 'requires_action', 'payment_pending')) \
+                 ORDER BY a.updated_at LIMIT ?1",
+                checkout::ATTEMPT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ")
+            );
+            checkout::query_all(c, &sql, params![limit], checkout::attempt_from_row)
+        })
+        .await
+    }
+
+    async fn close_attempt(
+        &self,
+        attempt: &AttemptId,
+        status: AttemptStatus,
+        intent_id: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let (attempt, intent_id) = (attempt.to_string(), intent_id.map(str::to_owned));
+        self.write(move |c| {
+            checkout::close_attempt(c, &attempt, status, intent_id.as_deref(), now).map(|r| (r, Keep::Commit))
+        })
+        .await
+    }
+
+    async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
+        let order = order.to_string();
+        self.write(move |c| checkout::alert_once(c, &order, &message, now).map(|r| (r, Keep::Commit))).await
+    }
+
+    async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>> {
+        self.read(move |c| {
+            let sql = "SELECT id, topic, payload, attempts FROM outbox \
+                       WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2";
+            checkout::query_all(c, sql, params![now.as_millis(), limit], |r| {
+                Ok(OutboxRow { id: r.get(0)?, topic: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
+            })
+        })
+        .await
     }
 
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {

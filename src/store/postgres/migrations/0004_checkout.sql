@@ -87,9 +87,11 @@ CREATE TABLE outbox (
     next_attempt_at BIGINT NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     delivered_at BIGINT,
-    last_error  TEXT
+    last_error  TEXT,
+    dedup_key   TEXT                       -- set for messages written at most once
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
+CREATE UNIQUE INDEX outbox_dedup ON outbox (dedup_key) WHERE dedup_key IS NOT NULL;
 
 CREATE TABLE settings (
     name        TEXT PRIMARY KEY,
