@@ -23,8 +23,8 @@ use boxoffice::domain::order::{HoldFate, OrderStatus};
 use boxoffice::domain::time::Timestamp;
 use boxoffice::domain::venue::{Venue, VenueDraft};
 use boxoffice::store::checkout::{
-    AttemptStatus, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, NewTicket, Order, OutboxMessage, Settled,
-    Settlement, TicketStatus,
+    AttemptStatus, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, NewTicket, Order, OutboxMessage,
+    Refunded, Settled, Settlement, TicketStatus,
 };
 use boxoffice::store::{
     Customer, DynStore, EventQuery, HoldPlacement, HoldRejection, NewSession, ReleaseOutcome, StoreError,
@@ -829,6 +829,34 @@ pub mod cases {
         assert_eq!(store.availability(&e.id, at(4)).await.unwrap().unwrap().all.sold, 1);
     }
 
+    pub async fn refunding_an_order_gives_back_its_seats_and_places_once(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"max_tickets_per_customer": 8})).await;
+        let fan = customer(store, "fan@example.com").await;
+        let floor = AreaId::parse("floor").unwrap();
+        let mut orders = Vec::new();
+        for sel in [seats(&["A1", "A2"]), Selection::Ga { area: floor.clone(), count: 3 }] {
+            let h = hold(store, &e, &fan, sel, T0).await.unwrap();
+            let started = start(store, &h, &fan, at(1)).await.unwrap();
+            orders.push(applied(store.settle(settlement(&started, HoldFate::Sell, at(2))).await.unwrap()));
+        }
+        assert_eq!(store.availability(&e.id, at(3)).await.unwrap().unwrap().all.sold, 5);
+        let note = || OutboxMessage { topic: "order.refunded".into(), payload: "{}".into() };
+        for o in &orders {
+            let done = store.refund_order(&o.id, note(), at(3)).await.unwrap();
+            assert!(matches!(&done, Refunded::Done(r) if r.status == OrderStatus::Refunded), "{done:?}");
+            assert!(matches!(store.refund_order(&o.id, note(), at(4)).await.unwrap(), Refunded::Already(_)));
+            let tickets = store.order_tickets(&o.id).await.unwrap();
+            assert!(!tickets.is_empty() && tickets.iter().all(|t| t.status == TicketStatus::Void));
+            assert_eq!(store.hold(&o.hold_id).await.unwrap().unwrap().status, HoldStatus::Released);
+        }
+        let counts = store.availability(&e.id, at(5)).await.unwrap().unwrap().all;
+        assert_eq!((counts.sold, counts.held), (0, 0), "every seat and place came back, once");
+        let refunds = store.outbox_due(at(5), 100).await.unwrap();
+        assert_eq!(refunds.iter().filter(|m| m.topic == "order.refunded").count(), 2);
+        // The seats sell again, and the buyer's limit no longer counts them.
+        assert!(hold(store, &e, &fan, seats(&["A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8"]), at(6)).await.is_ok());
+    }
+
     pub async fn idempotency_keys_are_claimed_once_per_customer_and_replayed(store: &DynStore) {
         let (a, b) = (CustomerId::generate(), CustomerId::generate());
         let lease = std::time::Duration::from_secs(30);
@@ -921,6 +949,7 @@ macro_rules! all_cases {
             concurrent_settlements_of_one_attempt_apply_once,
             a_second_live_ticket_for_a_seat_is_refused_and_nothing_is_written,
             idempotency_keys_are_claimed_once_per_customer_and_replayed,
+            refunding_an_order_gives_back_its_seats_and_places_once,
         );
     };
 }

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, Problem};
 use super::extract::{Admin, ApiJson, ApiPath, CurrentCustomer};
 use super::{idempotency, AppState};
-use crate::booking::checkout::{CheckoutError, Receipt};
+use crate::booking::checkout::{CheckoutError, Receipt, RefundError};
 use crate::domain::ids::{HoldId, OrderId, TicketId};
 use crate::domain::order::OrderStatus;
 use crate::domain::ticket;
@@ -189,6 +189,48 @@ pub async fn my_orders(
         data.push(OrderView::new(&state.checkout.receipt(order).await?));
     }
     Ok((no_store(), Json(OrderList { data })))
+}
+
+impl From<RefundError> for ApiError {
+    fn from(e: RefundError) -> Self {
+        match e {
+            RefundError::NotFound => order_not_found(),
+            RefundError::NotConfirmed(o) => ApiError::conflict(
+                "order_not_refundable",
+                format!("only a confirmed order can be refunded; this one is {}", o.status.as_str()),
+            )
+            .with("order_status", o.status.as_str()),
+            RefundError::Gateway(g) if g.outcome_unknown() || g.failure_code() == "gateway_unavailable" => {
+                tracing::warn!(error = %g, "refund not confirmed by the gateway");
+                ApiError::unavailable("gateway_unavailable", "the payment gateway did not confirm the refund; retry")
+            }
+            RefundError::Gateway(g) => {
+                tracing::error!(error = %g, "the gateway refused a refund");
+                ApiError::new(StatusCode::BAD_GATEWAY, "gateway_error", format!("the payment gateway refused: {g}"))
+            }
+            RefundError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// Refunds a confirmed order in full: the money goes back, the seats become
+/// available, the tickets stop admitting, and the fan is told. Repeating it
+/// is harmless.
+#[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders", security(("admin" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The order, now refunded", body = OrderView),
+              (status = 404, description = "order_not_found", body = Problem),
+              (status = 409, description = "order_not_refundable", body = Problem),
+              (status = 502, description = "gateway_error", body = Problem),
+              (status = 503, description = "gateway_unavailable", body = Problem)))]
+pub async fn refund_order(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = OrderId::parse(&id).ok_or_else(order_not_found)?;
+    let receipt = state.checkout.refund(&id).await?;
+    Ok((no_store(), Json(OrderView::new(&receipt))))
 }
 
 fn ticket_not_found() -> ApiError {

@@ -30,8 +30,8 @@ use crate::domain::ticket::{TicketClaims, TicketSigner, TicketVerifier};
 use crate::payments::verdict::Verdict;
 use crate::payments::{Gateway, GatewayError, Intent, IntentStatus, PaymentRequest};
 use crate::store::checkout::{
-    Attempt, AttemptStatus, CheckoutRefusal, CheckoutStart, NewTicket, Order, OutboxMessage, Settled, Settlement,
-    Ticket,
+    Attempt, AttemptStatus, CheckoutRefusal, CheckoutStart, NewTicket, Order, OutboxMessage, Refunded, Settled,
+    Settlement, Ticket,
 };
 use crate::store::{Customer, DynStore, StoreError};
 
@@ -62,6 +62,20 @@ pub struct Receipt {
 pub enum CheckoutError {
     #[error("checkout refused: {0:?}")]
     Refused(CheckoutRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    #[error("no such order")]
+    NotFound,
+    #[error("order is {}, not confirmed", .0.status.as_str())]
+    NotConfirmed(Box<Order>),
+    /// The gateway refused, or its answer was lost (a retry is safe: the
+    /// refund's key is derived from the order).
+    #[error(transparent)]
+    Gateway(GatewayError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -153,6 +167,48 @@ impl CheckoutService {
             return Err(StoreError::Internal(anyhow::anyhow!("order {} has no hold", order.id)));
         };
         self.apply(&order, &attempt, &hold, Ok(intent)).await
+    }
+
+    /// Refunds a confirmed order in full (an organizer's decision): first at
+    /// the gateway, with a key derived from the order so a retry refunds
+    /// once, then in the store, which frees the seats and voids the tickets.
+    pub async fn refund(&self, id: &OrderId) -> Result<Receipt, RefundError> {
+        let order = self.store().order(id).await?.ok_or(RefundError::NotFound)?;
+        match order.status {
+            OrderStatus::Confirmed => {}
+            OrderStatus::Refunded => return Ok(self.receipt(order).await?),
+            _ => return Err(RefundError::NotConfirmed(Box::new(order))),
+        }
+        let intent = order
+            .payment_intent
+            .clone()
+            .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("confirmed order {} has no payment", order.id)))?;
+        match self.0.gateway.refund(&intent, None, &format!("boxoffice-refund-order-{}", order.id)).await {
+            Ok(_) => {}
+            Err(GatewayError::Invalid { code: Some(c), .. }) if c == "charge_already_refunded" => {}
+            Err(e) => return Err(RefundError::Gateway(e)),
+        }
+        let note = OutboxMessage {
+            topic: "order.refunded".into(),
+            payload: json!({
+                "order_id": order.id, "customer_id": order.customer_id, "event_id": order.event_id,
+                "amount": order.amount, "currency": order.currency,
+            })
+            .to_string(),
+        };
+        let now = self.0.booking.clock().now();
+        let order = match self.store().refund_order(&order.id, note, now).await? {
+            Refunded::Done(o) => {
+                if let Some(hold) = self.store().hold(&o.hold_id).await? {
+                    self.tell_seat_map(&hold, HoldFate::Release).await;
+                }
+                o
+            }
+            Refunded::Already(o) => o,
+            Refunded::NotConfirmed(o) => return Err(RefundError::NotConfirmed(Box::new(o))),
+            Refunded::NotFound => return Err(RefundError::NotFound),
+        };
+        Ok(self.receipt(order).await?)
     }
 
     /// One reconciliation pass over at most `limit` unsettled orders and
@@ -339,7 +395,7 @@ impl CheckoutService {
             tracing::error!(order = %order.id, ?captured, expected = order.amount, "payment amount mismatch");
             metrics::counter!("boxoffice_payment_alerts_total", "kind" => "amount_mismatch").increment(1);
             if let Some(id) = &verdict.captured {
-                self.refund(id, attempt).await;
+                self.refund_capture(id, attempt).await;
             }
             outbox.push(OutboxMessage {
                 topic: "ops.alert".into(),
@@ -389,7 +445,7 @@ impl CheckoutService {
                 // 14: paid after the seats were gone: give the money back.
                 tracing::warn!(order = %o.id, "payment captured after its hold ended; refunding");
                 if let Some(id) = &o.payment_intent {
-                    self.refund(id, attempt).await;
+                    self.refund_capture(id, attempt).await;
                 }
                 o
             }
@@ -400,7 +456,7 @@ impl CheckoutService {
 
     /// Refunds a capture with a key derived from the attempt, so repeating
     /// this (here or in reconciliation) can never refund twice.
-    async fn refund(&self, intent_id: &str, attempt: &Attempt) {
+    async fn refund_capture(&self, intent_id: &str, attempt: &Attempt) {
         let key = format!("boxoffice-refund-{}", attempt.id);
         if let Err(e) = self.0.gateway.refund(intent_id, None, &key).await {
             tracing::error!(intent = intent_id, error = %e, "refund failed; reconciliation will retry it");

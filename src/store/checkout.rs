@@ -246,3 +246,16 @@ pub enum CheckIn {
     Void(Ticket),
     NotFound,
 }
+
+/// What refunding an order did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refunded {
+    /// Now `refunded`: seats available, tickets void, the hold released,
+    /// an `order.refunded` outbox row written.
+    Done(Order),
+    /// Already refunded before; nothing changed.
+    Already(Order),
+    /// Not a confirmed order; nothing changed.
+    NotConfirmed(Order),
+    NotFound,
+}

@@ -27,7 +27,7 @@ mod codec;
 
 use checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    OutboxRow, Settled, Settlement, Ticket,
+    OutboxRow, Refunded, Settled, Settlement, Ticket,
 };
 pub mod postgres;
 pub mod sqlite;
@@ -417,6 +417,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes `message` to the outbox once per (order, topic): false if it was
     /// written before.
     async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool>;
+
+    /// Undoes a confirmed order after its refund at the gateway, in one
+    /// transaction: order `refunded`, seats and GA places available again,
+    /// tickets void, the hold `released` (it no longer counts towards the
+    /// purchase limit), and `outbox` written.
+    async fn refund_order(&self, order: &OrderId, outbox: OutboxMessage, now: Timestamp) -> StoreResult<Refunded>;
 
     /// Undelivered outbox rows due at `now`, oldest first.
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>>;

@@ -317,3 +317,51 @@ async fn the_purchase_limit_counts_what_was_bought() {
     assert_eq!(app.checkout(&fan, &hold, "k", "pm_card_visa").await.body["status"], "confirmed");
     app.hold(&fan, &event, json!({"seats": ["B1"]})).await.assert_problem(422, "purchase_limit_exceeded");
 }
+
+async fn a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let event = app.demo_event(json!({"max_tickets_per_customer": 2})).await;
+    let fan = app.customer("fan@example.com").await;
+    let hold = held(&app, &fan, &event, &["A1", "A2"]).await;
+    let paid = app.checkout(&fan, &hold, "k", "pm_card_visa").await;
+    let (order, amount) = (paid.id(), paid.body["amount"].as_i64().unwrap());
+    let code = paid.body["tickets"][0]["code"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{order}/refund");
+    let by_fan = app.post(&path, Some(&fan), json!({})).await;
+    assert!(matches!(by_fan.status.as_u16(), 401 | 403), "{}", by_fan.body);
+    let refunded = app.post(&path, Some(ADMIN_TOKEN), json!({})).await;
+    assert_eq!(refunded.status, StatusCode::OK, "{}", refunded.body);
+    assert_eq!(refunded.body["status"], "refunded");
+    assert!(refunded.body["tickets"].as_array().unwrap().iter().all(|t| t["status"] == "void"));
+    let statuses = app.seat_statuses(&event).await;
+    assert_eq!((statuses["A1"].as_str(), statuses["A2"].as_str()), ("available", "available"));
+    let refunds: Vec<i64> = app.gateway().ledger().iter().filter(|e| e.kind == "refund").map(|e| e.amount).collect();
+    assert_eq!(refunds, vec![amount]);
+    // Again: the same answer, no second refund.
+    assert_eq!(app.post(&path, Some(ADMIN_TOKEN), json!({})).await.body["status"], "refunded");
+    assert_eq!(app.gateway().ledger().iter().filter(|e| e.kind == "refund").count(), 1);
+    // A void ticket admits nobody; the fan may buy again up to the limit.
+    let scan = app.post("/v1/checkins", Some(ADMIN_TOKEN), json!({ "code": code })).await;
+    assert_eq!(scan.body["result"], "invalid");
+    assert_eq!(app.hold(&fan, &event, json!({"seats": ["B1", "B2"]})).await.status, StatusCode::CREATED);
+    let notes = app.state.store.outbox_due(boxoffice::domain::time::Clock::now(&app.clock), 100).await.unwrap();
+    assert_eq!(notes.iter().filter(|m| m.topic == "order.refunded").count(), 1);
+    // Only confirmed orders can be refunded.
+    let other = app.customer("third@example.com").await;
+    let h3 = held(&app, &other, &event, &["C2"]).await;
+    let failed = app.checkout(&other, &h3, "k", "pm_card_chargeDeclined").await;
+    app.post(&format!("/v1/orders/{}/refund", failed.id()), Some(ADMIN_TOKEN), json!({}))
+        .await
+        .assert_problem(409, "order_not_refundable");
+    app.post("/v1/orders/ord_nope/refund", Some(ADMIN_TOKEN), json!({})).await.assert_problem(404, "order_not_found");
+}
+
+#[tokio::test]
+async fn a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money_on_sqlite() {
+    a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money_on_postgres() {
+    a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money(Backend::Postgres).await;
+}

@@ -16,7 +16,7 @@ use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    Settled, Settlement, Ticket, TicketStatus,
+    Refunded, Settled, Settlement, Ticket, TicketStatus,
 };
 
 pub(super) const ORDER_COLUMNS: &str = "id, hold_id, event_id, customer_id, status, amount, currency, quantity, \
@@ -515,4 +515,71 @@ pub(super) async fn alert_once(pool: &PgPool, order: &str, m: &OutboxMessage, no
     .await?
     .rows_affected();
     Ok(n == 1)
+}
+
+pub(super) async fn refund_order(
+    pool: &PgPool,
+    id: &str,
+    m: &OutboxMessage,
+    now: Timestamp,
+) -> anyhow::Result<Refunded> {
+    let mut tx = pool.begin().await?;
+    let Some(hold_id) = order_where(&mut *tx, "id", id).await?.map(|o| o.hold_id) else {
+        return Ok(Refunded::NotFound);
+    };
+    let hold = lock_hold(&mut tx, hold_id.as_str()).await?.ok_or_else(|| anyhow!("order {id} has no hold"))?;
+    let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let order = order_from_row(&row)?;
+    match order.status {
+        OrderStatus::Confirmed => {}
+        OrderStatus::Refunded => return Ok(Refunded::Already(order)),
+        _ => return Ok(Refunded::NotConfirmed(order)),
+    }
+    let now_ms = now.as_millis();
+    let seats = ids(&hold.seats);
+    lock_in_order(&mut tx, hold.event_id.as_str(), &seats).await?;
+    sqlx::query(
+        "UPDATE seats SET status = 'available', hold_id = NULL, order_id = NULL, version = version + 1 \
+         WHERE event_id = $1 AND order_id = $2 AND status = 'sold'",
+    )
+    .bind(order.event_id.as_str())
+    .bind(order.id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if let Some(g) = &hold.ga {
+        sqlx::query("UPDATE ga_inventory SET sold = sold - $3 WHERE event_id = $1 AND area_id = $2")
+            .bind(hold.event_id.as_str())
+            .bind(g.area.as_str())
+            .bind(g.count as i32)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE tickets SET status = 'void' WHERE order_id = $1 AND status <> 'void'")
+        .bind(order.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE holds SET status = 'released', version = version + 1 WHERE id = $1 AND status = 'purchased'")
+        .bind(hold.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO outbox (topic, payload, created_at, next_attempt_at) VALUES ($1, $2, $3, $3)")
+        .bind(&m.topic)
+        .bind(&m.payload)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query(&format!(
+        "UPDATE orders SET status = 'refunded', updated_at = $2, version = version + 1 \
+         WHERE id = $1 AND status = 'confirmed' RETURNING {ORDER_COLUMNS}"
+    ))
+    .bind(order.id.as_str())
+    .bind(now_ms)
+    .fetch_one(&mut *tx)
+    .await?;
+    let order = order_from_row(&row)?;
+    tx.commit().await?;
+    Ok(Refunded::Done(order))
 }

@@ -35,7 +35,7 @@ mod checkout;
 
 use super::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    OutboxRow, Settled, Settlement, Ticket,
+    OutboxRow, Refunded, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -1169,6 +1169,10 @@ impl Store for PgStore {
 
     async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
         checkout::alert_once(&self.pool, order.as_str(), &message, now).await.map_err(classify)
+    }
+
+    async fn refund_order(&self, order: &OrderId, outbox: OutboxMessage, now: Timestamp) -> StoreResult<Refunded> {
+        checkout::refund_order(&self.pool, order.as_str(), &outbox, now).await.map_err(classify)
     }
 
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>> {

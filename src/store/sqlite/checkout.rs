@@ -13,7 +13,7 @@ use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    Settled, Settlement, Ticket, TicketStatus,
+    Refunded, Settled, Settlement, Ticket, TicketStatus,
 };
 use crate::store::codec::encode_seats;
 
@@ -432,4 +432,39 @@ pub(super) fn alert_once(conn: &Connection, order: &str, m: &OutboxMessage, now:
         )?
         .execute(params![m.topic, m.payload, now.as_millis(), format!("{}:{order}", m.topic)])?;
     Ok(n == 1)
+}
+
+pub(super) fn refund_order(conn: &Connection, id: &str, m: &OutboxMessage, now: Timestamp) -> anyhow::Result<Refunded> {
+    let Some(order) = load_order(conn, id)? else { return Ok(Refunded::NotFound) };
+    match order.status {
+        OrderStatus::Confirmed => {}
+        OrderStatus::Refunded => return Ok(Refunded::Already(order)),
+        _ => return Ok(Refunded::NotConfirmed(order)),
+    }
+    let hold = load_hold(conn, order.hold_id.as_str())?.ok_or_else(|| anyhow!("order {} has no hold", order.id))?;
+    let now_ms = now.as_millis();
+    conn.prepare_cached(
+        "UPDATE seats SET status = 'available', hold_id = NULL, order_id = NULL, version = version + 1 \
+         WHERE event_id = ?1 AND order_id = ?2 AND status = 'sold'",
+    )?
+    .execute(params![order.event_id.as_str(), order.id.as_str()])?;
+    if let Some(g) = &hold.ga {
+        conn.prepare_cached("UPDATE ga_inventory SET sold = sold - ?3 WHERE event_id = ?1 AND area_id = ?2")?
+            .execute(params![hold.event_id.as_str(), g.area.as_str(), g.count])?;
+    }
+    conn.prepare_cached("UPDATE tickets SET status = 'void' WHERE order_id = ?1 AND status <> 'void'")?
+        .execute([order.id.as_str()])?;
+    conn.prepare_cached(
+        "UPDATE holds SET status = 'released', version = version + 1 WHERE id = ?1 AND status = 'purchased'",
+    )?
+    .execute([hold.id.as_str()])?;
+    conn.prepare_cached("INSERT INTO outbox (topic, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)")?
+        .execute(params![m.topic, m.payload, now_ms])?;
+    let order = conn
+        .prepare_cached(&format!(
+            "UPDATE orders SET status = 'refunded', updated_at = ?2, version = version + 1 \
+             WHERE id = ?1 AND status = 'confirmed' RETURNING {ORDER_COLUMNS}"
+        ))?
+        .query_row(params![order.id.as_str(), now_ms], |r| Ok(order_from_row(r)))??;
+    Ok(Refunded::Done(order))
 }

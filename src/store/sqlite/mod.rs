@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    OutboxRow, Settled, Settlement, Ticket,
+    OutboxRow, Refunded, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -1110,6 +1110,11 @@ impl Store for SqliteStore {
     async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
         let order = order.to_string();
         self.write(move |c| checkout::alert_once(c, &order, &message, now).map(|r| (r, Keep::Commit))).await
+    }
+
+    async fn refund_order(&self, order: &OrderId, outbox: OutboxMessage, now: Timestamp) -> StoreResult<Refunded> {
+        let order = order.to_string();
+        self.write(move |c| checkout::refund_order(c, &order, &outbox, now).map(|r| (r, Keep::Commit))).await
     }
 
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>> {
