@@ -881,6 +881,12 @@ pub mod cases {
         // An abandoned claim frees the key.
         store.abandon_idempotency_key(&a, "k2").await.unwrap();
         assert_eq!(claim(a.clone(), "k2", [3u8; 32], at(31)).await, KeyClaim::Claimed);
+        // Keys older than the horizon are reaped; younger ones stay.
+        assert_eq!(claim(b.clone(), "old", hash, T0).await, KeyClaim::Claimed);
+        store.finish_idempotency_key(&b, "old", 200, b"{}".to_vec()).await.unwrap();
+        assert_eq!(store.reap_idempotency_keys(at(2), 100).await.unwrap(), 3, "k1 of a and b, and old");
+        assert_eq!(claim(b.clone(), "old", [9u8; 32], at(3)).await, KeyClaim::Claimed, "a reaped key is new again");
+        assert_eq!(claim(a.clone(), "k2", [3u8; 32], at(31)).await, KeyClaim::InFlight, "younger keys stay");
         // Many requests with one key at once: exactly one runs.
         let n = 20;
         let barrier = Arc::new(Barrier::new(n));

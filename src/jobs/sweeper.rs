@@ -3,20 +3,26 @@
 //! Expiry itself is lazy: the store treats a `held` seat past its expiry as
 //! available the moment it expires, so no sale waits for this job. The
 //! sweeper only tidies: it marks lapsed holds `expired`, frees their
-//! inventory rows and GA places, and drops their fast-path locks.
+//! inventory rows and GA places, and drops their fast-path locks. It also
+//! deletes idempotency keys older than [`KEY_RETENTION`].
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::booking::BookingService;
+use crate::domain::time::Timestamp;
 
-/// How many holds one pass ends per transaction.
+/// How many holds (or keys) one pass ends per transaction.
 const BATCH: u32 = 500;
+
+/// How long a stored idempotent response is replayed.
+pub const KEY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub expired: usize,
+    pub keys_reaped: u64,
 }
 
 /// Ends every hold that had lapsed at the clock's "now".
@@ -29,6 +35,14 @@ pub async fn run_once(booking: &BookingService) -> anyhow::Result<SweepReport> {
         report.expired += expired.len();
         metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
         if expired.len() < BATCH as usize {
+            break;
+        }
+    }
+    let horizon = Timestamp::from_millis(now.as_millis() - KEY_RETENTION.as_millis() as i64);
+    loop {
+        let reaped = booking.store().reap_idempotency_keys(horizon, BATCH).await?;
+        report.keys_reaped += reaped;
+        if reaped < u64::from(BATCH) {
             return Ok(report);
         }
     }

@@ -398,6 +398,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Gives up a claim whose request did not run, so the key can be used again.
     async fn abandon_idempotency_key(&self, customer: &CustomerId, key: &str) -> StoreResult<()>;
+    /// Deletes up to `limit` keys created before `created_before`; how many.
+    async fn reap_idempotency_keys(&self, created_before: Timestamp, limit: u32) -> StoreResult<u64>;
 
     /// Orders whose outcome is still open (`pending`, `requires_action`,
     /// `payment_pending`), least recently updated first.

@@ -365,3 +365,23 @@ async fn a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money_on_sql
 async fn a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money_on_postgres() {
     a_refund_frees_the_seats_voids_the_tickets_and_returns_the_money(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_a_day() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({"hold_ttl_seconds": 3600})).await;
+    let fan = app.customer("fan@example.com").await;
+    let first = held(&app, &fan, &event, &["A1"]).await;
+    let paid = app.checkout(&fan, &first, "k", "pm_card_visa").await;
+    assert_eq!(paid.body["status"], "confirmed");
+    app.clock.advance(std::time::Duration::from_secs(23 * 3600));
+    let second = held(&app, &fan, &event, &["A2"]).await;
+    app.checkout(&fan, &second, "k", "pm_card_visa").await.assert_problem(422, "idempotency_key_mismatch");
+    app.clock.advance(std::time::Duration::from_secs(3600 + 1));
+    let swept = boxoffice::jobs::sweeper::run_once(&app.state.booking).await.unwrap();
+    assert!(swept.keys_reaped >= 1, "{swept:?}");
+    let third = held(&app, &fan, &event, &["A3"]).await;
+    let again = app.checkout(&fan, &third, "k", "pm_card_visa").await;
+    assert_eq!(again.body["status"], "confirmed", "{}", again.body);
+    assert_ne!(again.id(), paid.id(), "a new request, not the day-old replay");
+}

@@ -1128,6 +1128,19 @@ impl Store for PgStore {
         checkout::abandon_key(&self.pool, customer.as_str(), key).await.map_err(classify)
     }
 
+    async fn reap_idempotency_keys(&self, created_before: Timestamp, limit: u32) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (customer_id, key) IN \
+             (SELECT customer_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(created_before.as_millis())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn unsettled_orders(&self, limit: u32) -> StoreResult<Vec<Order>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM orders WHERE status IN ('pending', 'requires_action', 'payment_pending') \

@@ -1066,6 +1066,19 @@ impl Store for SqliteStore {
         self.write(move |c| checkout::abandon_key(c, &customer, &key).map(|r| (r, Keep::Commit))).await
     }
 
+    async fn reap_idempotency_keys(&self, created_before: Timestamp, limit: u32) -> StoreResult<u64> {
+        self.write_hold_state(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE (customer_id, key) IN \
+                     (SELECT customer_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![created_before.as_millis(), limit])?;
+            Ok((n as u64, Keep::Commit))
+        })
+        .await
+    }
+
     async fn unsettled_orders(&self, limit: u32) -> StoreResult<Vec<Order>> {
         self.read(move |c| {
             let sql = format!(
