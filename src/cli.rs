@@ -39,6 +39,14 @@ pub enum Command {
     Migrate,
     /// Run on a fresh embedded database seeded with a demo venue and event.
     Demo,
+    /// Check the booking invariants against the database, and the money
+    /// against the gateway's ledger; exits non-zero on any violation.
+    Audit {
+        /// The gateway whose ledger (`/sim/ledger`) to compare with. Default:
+        /// `stripe_url` when `payments = "stripe"`; otherwise money is not checked.
+        #[arg(long)]
+        ledger_url: Option<String>,
+    },
     /// Run the payment gateway simulator: a Stripe-compatible test gateway
     /// with test cards for every failure mode and runtime fault knobs.
     GatewaySim(GatewaySimArgs),
@@ -76,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logging(&config.log);
     match cli.command {
         Command::GatewaySim(args) => gateway_sim(args).await,
+        Command::Audit { ledger_url } => audit(&config, ledger_url).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
             println!("migrated the {} database; it is up to date", store.backend());
@@ -106,6 +115,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_demo_banner(&format!("http://{}", app.local_addr()), &admin_token, &event, &path);
             app.run_until(shutdown_signal()).await
         }
+    }
+}
+
+async fn audit(config: &Config, ledger_url: Option<String>) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let ledger_url = ledger_url
+        .or_else(|| (config.payments == crate::config::Payments::Stripe).then(|| config.stripe_url.clone()).flatten());
+    let ledger = match &ledger_url {
+        Some(url) => {
+            let ledger =
+                crate::audit::fetch_ledger(url).await.with_context(|| format!("reading the ledger at {url}"))?;
+            if ledger.is_none() {
+                println!("the gateway at {url} has no ledger endpoint; payments are not checked");
+            }
+            ledger
+        }
+        None => {
+            println!("no gateway ledger given (--ledger-url); payments are not checked");
+            None
+        }
+    };
+    let grace = crate::audit::Grace {
+        sweep: std::time::Duration::from_secs(config.sweep_interval_seconds * 2 + 5),
+        reconcile: std::time::Duration::from_secs(config.reconcile_interval_seconds * 4 + 60),
+    };
+    let found = crate::audit::run(&store, ledger.as_deref(), SystemClock.now(), grace).await?;
+    for v in &found {
+        println!("{v}");
+    }
+    if found.is_empty() {
+        println!(
+            "audit: clean ({} database{})",
+            store.backend(),
+            if ledger.is_some() { " and gateway ledger" } else { "" }
+        );
+        Ok(())
+    } else {
+        anyhow::bail!("audit: {} violation(s)", found.len())
     }
 }
 

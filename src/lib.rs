@@ -6,6 +6,7 @@
 pub mod accelerators;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod booking;
 pub mod cli;
 pub mod config;

@@ -429,6 +429,11 @@ pub trait Store: Send + Sync + 'static {
     /// Undelivered outbox rows due at `now`, oldest first.
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>>;
 
+    /// Runs one of `audit`'s read-only checks on the primary: `sql` uses
+    /// `$1`, `$2`, … for `params` and casts every column to text. For the
+    /// audit only: it lets one SQL text check both backends.
+    async fn audit_query(&self, sql: &'static str, params: Vec<i64>) -> StoreResult<Vec<Vec<Option<String>>>>;
+
     /// The stored value of setting `name`, storing `value` first if there is
     /// none: the first node to ask decides, every later one reads it.
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>>;

@@ -233,6 +233,11 @@ pub async fn reply(resp: reqwest::Response) -> Reply {
 }
 
 impl TestApp {
+    /// The embedded database file of a SQLite test app.
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("boxoffice.db")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

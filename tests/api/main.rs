@@ -1,6 +1,7 @@
 //! HTTP-level tests: one binary, one module per area. Each test spawns its
 //! own app on port 0 with its own database (see `helpers`).
 
+mod audit;
 mod auth;
 mod bad_input;
 mod catalog;

@@ -187,6 +187,8 @@ struct Books {
 
 struct Inner {
     clock: Arc<dyn Clock>,
+    /// Where [`Simulator::spawn_loopback`] serves it.
+    base_url: std::sync::OnceLock<String>,
     api_key: Option<String>,
     faults: Mutex<Faults>,
     books: Mutex<Books>,
@@ -221,7 +223,13 @@ impl Simulator {
     /// `api_key`: when set, requests must carry it as their bearer token;
     /// otherwise any bearer token is accepted.
     pub fn new(clock: Arc<dyn Clock>, api_key: Option<String>, faults: Faults) -> Self {
-        Self(Arc::new(Inner { clock, api_key, faults: Mutex::new(faults), books: Mutex::new(Books::default()) }))
+        Self(Arc::new(Inner {
+            clock,
+            base_url: std::sync::OnceLock::new(),
+            api_key,
+            faults: Mutex::new(faults),
+            books: Mutex::new(Books::default()),
+        }))
     }
 
     pub fn router(&self) -> Router {
@@ -257,7 +265,13 @@ impl Simulator {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(self.clone().serve(listener));
+        let _ = self.0.base_url.set(url.clone());
         Ok(url)
+    }
+
+    /// The address [`Self::spawn_loopback`] serves on, once started.
+    pub fn base_url(&self) -> Option<&str> {
+        self.0.base_url.get().map(String::as_str)
     }
 
     pub fn faults(&self) -> Faults {

@@ -1204,6 +1204,18 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn audit_query(&self, sql: &'static str, params: Vec<i64>) -> StoreResult<Vec<Vec<Option<String>>>> {
+        let mut q = sqlx::query(sql);
+        for p in params {
+            q = q.bind(p);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(err)?;
+        rows.iter()
+            .map(|r| (0..r.len()).map(|i| r.try_get::<Option<String>, _>(i)).collect::<Result<Vec<_>, _>>())
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {
         sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(name)

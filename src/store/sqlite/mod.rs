@@ -1141,6 +1141,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn audit_query(&self, sql: &'static str, params: Vec<i64>) -> StoreResult<Vec<Vec<Option<String>>>> {
+        self.read(move |c| {
+            let mut st = c.prepare(sql)?;
+            for (i, v) in params.iter().enumerate() {
+                if let Some(index) = st.parameter_index(&format!("${}", i + 1))? {
+                    st.raw_bind_parameter(index, v)?;
+                }
+            }
+            let columns = st.column_count();
+            let mut rows = st.raw_query();
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let mut row = Vec::with_capacity(columns);
+                for i in 0..columns {
+                    row.push(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => None,
+                        rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
+                        rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            Some(String::from_utf8_lossy(t).into_owned())
+                        }
+                    });
+                }
+                out.push(row);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {
         let name = name.to_owned();
         self.write(move |c| {
