@@ -22,6 +22,7 @@ use crate::booking::BookingService;
 use crate::config::{Config, Database, Payments as PaymentsSetting};
 use crate::domain::ticket::TicketSigner;
 use crate::domain::time::Clock;
+use crate::jobs::outbox::{self, Relay, RelaySettings};
 use crate::jobs::{reconcile, sweeper};
 use crate::payments::sim::{Faults, Simulator};
 use crate::payments::{ClientSettings, StripeClient};
@@ -107,6 +108,8 @@ pub struct Application {
     role: Role,
     sweep_period: Duration,
     reconcile_period: Duration,
+    relay: Relay,
+    outbox_period: Duration,
 }
 
 impl Application {
@@ -149,6 +152,18 @@ impl Application {
             Some(bus) => SeatFeed::relayed(bus.clone()),
             None => Arc::new(SeatFeed::new()),
         };
+        let relay = Relay::new(
+            store.clone(),
+            clock.clone(),
+            &RelaySettings {
+                webhook_url: config.webhook_url.clone(),
+                webhook_secret: config.webhook_secret.clone(),
+                smtp_url: config.smtp_url.clone(),
+                email_from: config.email_from.clone(),
+                timeout: Duration::from_secs(10),
+            },
+        )
+        .context("notification settings")?;
         let booking = BookingService::with_feed(store.clone(), locks, clock.clone(), feed);
         let payments = payments(config, &store, booking.clone(), clock).await?;
         let state = AppState::new(
@@ -179,6 +194,8 @@ impl Application {
             role,
             sweep_period: Duration::from_secs(config.sweep_interval_seconds),
             reconcile_period: Duration::from_secs(config.reconcile_interval_seconds),
+            relay,
+            outbox_period: Duration::from_secs(config.outbox_interval_seconds),
         })
     }
 
@@ -192,6 +209,11 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The notification relay this node runs (on `all` and `worker` roles).
+    pub fn relay(&self) -> &Relay {
+        &self.relay
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests
@@ -209,8 +231,9 @@ impl Application {
                 let reconcile_period = self.reconcile_period;
                 let sweeps = sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone());
                 let reconciles = reconcile::run(checkout, reconcile_period, stop.clone());
+                let relays = outbox::run(self.relay.clone(), self.outbox_period, stop.clone());
                 Some(tokio::spawn(async move {
-                    tokio::join!(sweeps, reconciles);
+                    tokio::join!(sweeps, reconciles, relays);
                 }))
             }
             Role::Api => None,

@@ -81,6 +81,21 @@ pub struct Config {
     /// `BOXOFFICE_PAYMENT_WINDOW_SECONDS`: how much longer a hold lives once
     /// its checkout starts (added once per hold).
     pub payment_window_seconds: u32,
+    /// `BOXOFFICE_WEBHOOK_URL`: where every notification is POSTed as a
+    /// signed JSON event. Unset: no webhooks.
+    pub webhook_url: Option<String>,
+    /// `BOXOFFICE_WEBHOOK_SECRET`: the HMAC-SHA256 key that signs webhooks.
+    #[serde(skip_serializing)]
+    pub webhook_secret: Option<String>,
+    /// `BOXOFFICE_SMTP_URL`: the mail server for fan emails, such as
+    /// `smtp://127.0.0.1:25` or `smtps://user:pass@mail.example.com`. Unset: no email.
+    #[serde(skip_serializing)]
+    pub smtp_url: Option<String>,
+    /// `BOXOFFICE_EMAIL_FROM`: the sender of fan emails.
+    pub email_from: String,
+    /// `BOXOFFICE_OUTBOX_INTERVAL_SECONDS`: how often the relay delivers
+    /// notifications.
+    pub outbox_interval_seconds: u64,
     /// `BOXOFFICE_TICKET_SIGNING_KEY`: the Ed25519 seed (32 bytes,
     /// base64url) that signs ticket codes. Unset: one is generated and kept
     /// in the database, shared by every node.
@@ -126,6 +141,11 @@ impl Default for Config {
             gateway_max_retries: 3,
             payment_window_seconds: 600,
             ticket_signing_key: None,
+            webhook_url: None,
+            webhook_secret: None,
+            smtp_url: None,
+            email_from: "boxoffice <tickets@localhost>".into(),
+            outbox_interval_seconds: 2,
         }
     }
 }
@@ -173,6 +193,12 @@ impl Config {
         }
         if c.payments == Payments::Stripe && (c.stripe_url.is_none() || c.stripe_key.is_none()) {
             bail!("payments = \"stripe\" needs stripe_url and stripe_key (BOXOFFICE_STRIPE_URL, BOXOFFICE_STRIPE_KEY)");
+        }
+        if c.webhook_url.is_some() && c.webhook_secret.as_ref().is_none_or(|s| s.len() < 16) {
+            bail!("webhook_url needs a webhook_secret of at least 16 characters");
+        }
+        if c.outbox_interval_seconds == 0 {
+            bail!("outbox_interval_seconds must be at least 1");
         }
         if c.gateway_timeout_ms == 0 || c.payment_window_seconds == 0 {
             bail!("gateway_timeout_ms and payment_window_seconds must be at least 1");

@@ -267,7 +267,12 @@ impl CheckoutService {
                 intent_id: None,
                 action_url: None,
                 tickets: vec![],
-                outbox: vec![],
+                outbox: vec![OutboxMessage {
+                    topic: "order.expired".into(),
+                    payload:
+                        json!({"order_id": order.id, "customer_id": order.customer_id, "event_id": order.event_id})
+                            .to_string(),
+                }],
                 now: self.0.booking.clock().now(),
             })
             .await?;
@@ -332,11 +337,14 @@ impl CheckoutService {
                 }
                 tracing::warn!(order = %attempt.order_id, intent = %intent.id, "late payment refunded");
                 metrics::counter!("boxoffice_late_payments_refunded_total").increment(1);
+                let customer = self.store().order(&attempt.order_id).await?.map(|o| o.customer_id);
                 let note = OutboxMessage {
                     topic: "order.late_payment_refunded".into(),
-                    payload:
-                        json!({"order_id": attempt.order_id, "intent": intent.id, "amount": intent.amount_received})
-                            .to_string(),
+                    payload: json!({
+                        "order_id": attempt.order_id, "customer_id": customer, "intent": intent.id,
+                        "amount": intent.amount_received, "currency": intent.currency,
+                    })
+                    .to_string(),
                 };
                 self.store().alert_once(&attempt.order_id, note, now).await?;
                 let closed =

@@ -152,7 +152,22 @@ pub struct OutboxRow {
     pub id: i64,
     pub topic: String,
     pub payload: String,
+    /// Delivery tries so far, this one included once claimed.
     pub attempts: u32,
+    /// Channels already delivered to, comma-separated.
+    pub done_channels: String,
+    pub created_at: Timestamp,
+}
+
+/// Where a delivery try left an outbox row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxProgress {
+    pub done_channels: String,
+    /// Every channel has it.
+    pub delivered: bool,
+    /// When to try again, if not delivered.
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
 }
 
 /// Starting a checkout: the hold moves to `checkout` (its expiry extended

@@ -27,7 +27,7 @@ mod codec;
 
 use checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    OutboxRow, Refunded, Settled, Settlement, Ticket,
+    OutboxProgress, OutboxRow, Refunded, Settled, Settlement, Ticket,
 };
 pub mod postgres;
 pub mod sqlite;
@@ -428,6 +428,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Undelivered outbox rows due at `now`, oldest first.
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>>;
+    /// Claims up to `limit` due rows for one relay: each is pushed `lease`
+    /// into the future (and its attempts counted) by a conditional update,
+    /// so two relays never deliver the same row at once.
+    async fn claim_outbox(&self, now: Timestamp, lease: std::time::Duration, limit: u32)
+        -> StoreResult<Vec<OutboxRow>>;
+    async fn outbox_progress(&self, id: i64, progress: OutboxProgress, now: Timestamp) -> StoreResult<()>;
+    /// The email a customer signed in with.
+    async fn customer_email(&self, id: &CustomerId) -> StoreResult<Option<String>>;
 
     /// Runs one of `audit`'s read-only checks on the primary: `sql` uses
     /// `$1`, `$2`, … for `params` and casts every column to text. For the

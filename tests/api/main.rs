@@ -9,6 +9,7 @@ mod checkout;
 mod cluster;
 mod expiry;
 mod helpers;
+mod notifications;
 mod races;
 mod reconcile;
 mod redis;

@@ -16,7 +16,7 @@ use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    Refunded, Settled, Settlement, Ticket, TicketStatus,
+    OutboxRow, Refunded, Settled, Settlement, Ticket, TicketStatus,
 };
 
 pub(super) const ORDER_COLUMNS: &str = "id, hold_id, event_id, customer_id, status, amount, currency, quantity, \
@@ -582,4 +582,17 @@ pub(super) async fn refund_order(
     let order = order_from_row(&row)?;
     tx.commit().await?;
     Ok(Refunded::Done(order))
+}
+
+pub(super) const OUTBOX_COLUMNS: &str = "id, topic, payload, attempts, done_channels, created_at";
+
+pub(super) fn outbox_from_row(r: &PgRow) -> anyhow::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.try_get("id")?,
+        topic: r.try_get("topic")?,
+        payload: r.try_get("payload")?,
+        attempts: r.try_get::<i32, _>("attempts")? as u32,
+        done_channels: r.try_get("done_channels")?,
+        created_at: Timestamp::from_millis(r.try_get("created_at")?),
+    })
 }

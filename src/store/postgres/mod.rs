@@ -35,7 +35,7 @@ mod checkout;
 
 use super::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    OutboxRow, Refunded, Settled, Settlement, Ticket,
+    OutboxProgress, OutboxRow, Refunded, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -1189,19 +1189,62 @@ impl Store for PgStore {
     }
 
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>> {
-        let rows: Vec<(i64, String, String, i32)> = sqlx::query_as(
-            "SELECT id, topic, payload, attempts FROM outbox \
-             WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $2",
+            checkout::OUTBOX_COLUMNS
+        ))
         .bind(now.as_millis())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, topic, payload, attempts)| OutboxRow { id, topic, payload, attempts: attempts as u32 })
-            .collect())
+        rows.iter().map(checkout::outbox_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
+    async fn claim_outbox(&self, now: Timestamp, lease: Duration, limit: u32) -> StoreResult<Vec<OutboxRow>> {
+        // SKIP LOCKED: relays on several nodes split the rows.
+        let rows = sqlx::query(&format!(
+            "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1 WHERE id IN \
+             (SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+              ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING {}",
+            checkout::OUTBOX_COLUMNS
+        ))
+        .bind(now.as_millis())
+        .bind(now.plus(lease).as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let mut rows: Vec<OutboxRow> =
+            rows.iter().map(checkout::outbox_from_row).collect::<anyhow::Result<_>>().map_err(err)?;
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    async fn outbox_progress(&self, id: i64, p: OutboxProgress, now: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET done_channels = $2, delivered_at = CASE WHEN $3 THEN $4 END, \
+                 next_attempt_at = $5, last_error = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&p.done_channels)
+        .bind(p.delivered)
+        .bind(now.as_millis())
+        .bind(p.next_attempt_at.as_millis())
+        .bind(&p.last_error)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn customer_email(&self, id: &CustomerId) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT email FROM customers WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)
     }
 
     async fn audit_query(&self, sql: &'static str, params: Vec<i64>) -> StoreResult<Vec<Vec<Option<String>>>> {

@@ -13,7 +13,7 @@ use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::time::Timestamp;
 use crate::store::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    Refunded, Settled, Settlement, Ticket, TicketStatus,
+    OutboxRow, Refunded, Settled, Settlement, Ticket, TicketStatus,
 };
 use crate::store::codec::encode_seats;
 
@@ -467,4 +467,17 @@ pub(super) fn refund_order(conn: &Connection, id: &str, m: &OutboxMessage, now: 
         ))?
         .query_row(params![order.id.as_str(), now_ms], |r| Ok(order_from_row(r)))??;
     Ok(Refunded::Done(order))
+}
+
+pub(super) const OUTBOX_COLUMNS: &str = "id, topic, payload, attempts, done_channels, created_at";
+
+pub(super) fn outbox_from_row(r: &Row) -> anyhow::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        topic: r.get(1)?,
+        payload: r.get(2)?,
+        attempts: r.get(3)?,
+        done_channels: r.get(4)?,
+        created_at: Timestamp::from_millis(r.get(5)?),
+    })
 }

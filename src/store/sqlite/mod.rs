@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::checkout::{
     Attempt, AttemptStatus, CheckIn, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, Order, OutboxMessage,
-    OutboxRow, Refunded, Settled, Settlement, Ticket,
+    OutboxProgress, OutboxRow, Refunded, Settled, Settlement, Ticket,
 };
 use super::codec::{
     decode_prices, decode_seats, decode_waiting_room, encode_prices, encode_seats, encode_waiting_room,
@@ -1132,11 +1132,58 @@ impl Store for SqliteStore {
 
     async fn outbox_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<OutboxRow>> {
         self.read(move |c| {
-            let sql = "SELECT id, topic, payload, attempts FROM outbox \
-                       WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2";
-            checkout::query_all(c, sql, params![now.as_millis(), limit], |r| {
-                Ok(OutboxRow { id: r.get(0)?, topic: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
-            })
+            let sql = format!(
+                "SELECT {} FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?1 \
+                 ORDER BY next_attempt_at, id LIMIT ?2",
+                checkout::OUTBOX_COLUMNS
+            );
+            checkout::query_all(c, &sql, params![now.as_millis(), limit], checkout::outbox_from_row)
+        })
+        .await
+    }
+
+    async fn claim_outbox(&self, now: Timestamp, lease: Duration, limit: u32) -> StoreResult<Vec<OutboxRow>> {
+        let until = now.plus(lease).as_millis();
+        self.write(move |c| {
+            let sql = format!(
+                "UPDATE outbox SET next_attempt_at = ?2, attempts = attempts + 1 WHERE id IN \
+                 (SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?1 \
+                  ORDER BY next_attempt_at, id LIMIT ?3) RETURNING {}",
+                checkout::OUTBOX_COLUMNS
+            );
+            let mut rows =
+                checkout::query_all(c, &sql, params![now.as_millis(), until, limit], checkout::outbox_from_row)?;
+            rows.sort_by_key(|r| r.id);
+            Ok((rows, Keep::Commit))
+        })
+        .await
+    }
+
+    async fn outbox_progress(&self, id: i64, p: OutboxProgress, now: Timestamp) -> StoreResult<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE outbox SET done_channels = ?2, delivered_at = CASE WHEN ?3 THEN ?4 END, \
+                     next_attempt_at = ?5, last_error = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                p.done_channels,
+                p.delivered,
+                now.as_millis(),
+                p.next_attempt_at.as_millis(),
+                p.last_error
+            ])?;
+            Ok(((), Keep::Commit))
+        })
+        .await
+    }
+
+    async fn customer_email(&self, id: &CustomerId) -> StoreResult<Option<String>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT email FROM customers WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?)
         })
         .await
     }

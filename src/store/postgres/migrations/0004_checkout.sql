@@ -88,7 +88,8 @@ CREATE TABLE outbox (
     attempts    INTEGER NOT NULL DEFAULT 0,
     delivered_at BIGINT,
     last_error  TEXT,
-    dedup_key   TEXT                       -- set for messages written at most once
+    dedup_key   TEXT,                      -- set for messages written at most once
+    done_channels TEXT NOT NULL DEFAULT '' -- channels (webhook, email) that have it, comma-separated
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
 CREATE UNIQUE INDEX outbox_dedup ON outbox (dedup_key) WHERE dedup_key IS NOT NULL;
