@@ -157,6 +157,7 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/holds/{id}/checkout", post(orders::checkout))
         .route("/orders/{id}", get(orders::get_order))
         .route("/orders/{id}/refund", post(orders::refund_order))
+        .route("/orders/{id}/cancel", post(orders::cancel_order))
         .route("/customers/me/orders", get(orders::my_orders))
         .route("/tickets/public-key", get(orders::public_key))
         .route("/tickets/{id}/qr.svg", get(orders::ticket_qr))

@@ -27,7 +27,7 @@ impl Modify for Security {
         catalog::availability, catalog::seats, catalog::seats_stream,
         holds::create_hold, holds::get_hold, holds::delete_hold, holds::my_holds,
         orders::checkout, orders::get_order, orders::my_orders, orders::ticket_qr, orders::public_key,
-        orders::check_in, orders::refund_order,
+        orders::check_in, orders::refund_order, orders::cancel_order,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&Security),

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, Problem};
 use super::extract::{Admin, ApiJson, ApiPath, CurrentCustomer};
 use super::{idempotency, AppState};
-use crate::booking::checkout::{CheckoutError, Receipt, RefundError};
+use crate::booking::checkout::{CancelOutcome, CheckoutError, Receipt, RefundError};
 use crate::domain::ids::{HoldId, OrderId, TicketId};
 use crate::domain::order::OrderStatus;
 use crate::domain::ticket;
@@ -170,6 +170,29 @@ pub async fn get_order(
     let id = OrderId::parse(&id).ok_or_else(order_not_found)?;
     let receipt = state.checkout.order_for(&customer, &id).await?.ok_or_else(order_not_found)?;
     Ok((no_store(), Json(OrderView::new(&receipt))))
+}
+
+/// Gives up on a payment that is still waiting (3-D Secure): it is
+/// cancelled and the seats are released.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", security(("customer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The order, now failed with `canceled`", body = OrderView),
+              (status = 404, description = "order_not_found", body = Problem),
+              (status = 409, description = "order_not_cancellable: already paid, failed, or being processed", body = Problem)))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    CurrentCustomer(customer): CurrentCustomer,
+    ApiPath(id): ApiPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = OrderId::parse(&id).ok_or_else(order_not_found)?;
+    match state.checkout.cancel(&customer, &id).await?.ok_or_else(order_not_found)? {
+        CancelOutcome::Cancelled(r) => Ok((no_store(), Json(OrderView::new(&r)))),
+        CancelOutcome::TooLate(r) => Err(ApiError::conflict(
+            "order_not_cancellable",
+            format!("the payment can no longer be cancelled; the order is {}", r.order.status.as_str()),
+        )
+        .with("order_status", r.order.status.as_str())),
+    }
 }
 
 #[derive(Serialize, ToSchema)]

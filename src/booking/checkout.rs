@@ -27,6 +27,7 @@ use crate::domain::hold::Hold;
 use crate::domain::ids::{AttemptId, HoldId, OrderId, TicketId};
 use crate::domain::order::{HoldFate, OrderStatus};
 use crate::domain::ticket::{TicketClaims, TicketSigner, TicketVerifier};
+use crate::domain::time::Timestamp;
 use crate::payments::verdict::Verdict;
 use crate::payments::{Gateway, GatewayError, Intent, IntentStatus, PaymentRequest};
 use crate::store::checkout::{
@@ -34,6 +35,10 @@ use crate::store::checkout::{
     Settlement, Ticket,
 };
 use crate::store::{Customer, DynStore, StoreError};
+
+/// How long after its confirmation an order is checked for a second
+/// capture, so that a duplicate racing the first has landed.
+const DUPLICATE_LAG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An attempt that never reached the gateway is closed after this long.
 const ORPHAN_GIVE_UP_MS: i64 = 24 * 3600 * 1000;
@@ -49,6 +54,8 @@ pub struct Reconciled {
     pub late_refunds: u32,
     /// Open attempts of ended orders found failed and closed.
     pub closed: u32,
+    /// Second captures of confirmed orders, refunded.
+    pub duplicates_refunded: u32,
 }
 
 /// An order and its tickets, as a fan sees them.
@@ -64,6 +71,16 @@ pub enum CheckoutError {
     Refused(CheckoutRefusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a fan's cancellation did.
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    /// Cancelled at the gateway; the order failed with `canceled` and its
+    /// hold was released.
+    Cancelled(Receipt),
+    /// The payment had already ended, or cannot be stopped now.
+    TooLate(Receipt),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +101,8 @@ pub enum RefundError {
 pub struct CheckoutService(Arc<Inner>);
 
 struct Inner {
+    /// Where the duplicate-capture check of confirmed orders has reached.
+    checked_until: parking_lot::Mutex<Option<Timestamp>>,
     booking: BookingService,
     gateway: Arc<dyn Gateway>,
     signer: TicketSigner,
@@ -97,7 +116,7 @@ impl CheckoutService {
         signer: TicketSigner,
         payment_window_secs: u32,
     ) -> Self {
-        Self(Arc::new(Inner { booking, gateway, signer, payment_window_secs }))
+        Self(Arc::new(Inner { checked_until: Default::default(), booking, gateway, signer, payment_window_secs }))
     }
 
     fn store(&self) -> &DynStore {
@@ -236,7 +255,59 @@ impl CheckoutService {
                 None => {}
             }
         }
+        done.duplicates_refunded = self.refund_second_captures(limit).await?;
         Ok(done)
+    }
+
+    /// Each order confirmed since the last pass (and at least
+    /// [`DUPLICATE_LAG`] ago) is looked up at the gateway once: a capture
+    /// for it other than the one that paid for it is refunded, and an alert
+    /// raised. Returns how many were refunded.
+    async fn refund_second_captures(&self, limit: u32) -> Result<u32, StoreError> {
+        let now = self.0.booking.clock().now();
+        let to = Timestamp::from_millis(now.as_millis() - DUPLICATE_LAG.as_millis() as i64);
+        let from = self.0.checked_until.lock().unwrap_or(Timestamp::from_millis(to.as_millis() - 3_600_000));
+        if to <= from {
+            return Ok(0);
+        }
+        let orders = self.store().orders_confirmed_between(from, to, limit).await?;
+        let mut refunded = 0;
+        let mut reached = to;
+        for order in &orders {
+            let Ok(found) = self.0.gateway.search_metadata("order_id", order.id.as_str()).await else {
+                // Ask again next pass, from this order on.
+                reached = reached.min(order.updated_at);
+                break;
+            };
+            for extra in found
+                .iter()
+                .filter(|i| i.status == IntentStatus::Succeeded && Some(&i.id) != order.payment_intent.as_ref())
+            {
+                let key = format!("boxoffice-refund-dup-{}", extra.id);
+                match self.0.gateway.refund(&extra.id, None, &key).await {
+                    Ok(_) => {}
+                    Err(GatewayError::Invalid { code: Some(c), .. }) if c == "charge_already_refunded" => continue,
+                    Err(e) => {
+                        tracing::warn!(intent = %extra.id, error = %e, "could not refund a second capture; will retry");
+                        reached = reached.min(order.updated_at);
+                        continue;
+                    }
+                }
+                refunded += 1;
+                tracing::error!(order = %order.id, intent = %extra.id, "second capture for one order refunded");
+                metrics::counter!("boxoffice_payment_alerts_total", "kind" => "duplicate_capture").increment(1);
+                let alert = OutboxMessage {
+                    topic: "ops.alert".into(),
+                    payload: json!({"kind": "duplicate_capture", "order_id": order.id, "intent": extra.id}).to_string(),
+                };
+                self.store().alert_once(&order.id, alert, now).await?;
+            }
+        }
+        if orders.len() == limit as usize {
+            reached = reached.min(orders.last().map_or(to, |o| o.updated_at));
+        }
+        *self.0.checked_until.lock() = Some(reached);
+        Ok(refunded)
     }
 
     /// An unsettled order whose checkout window has passed: the hold is
@@ -524,6 +595,40 @@ impl CheckoutService {
             vec![]
         };
         Ok(Receipt { order, tickets })
+    }
+
+    /// The fan gives up on a payment still waiting (3-D Secure, or not yet
+    /// sent): it is cancelled at the gateway, and the hold released (design
+    /// row 15). A payment the gateway is already processing, or that
+    /// succeeded, cannot be cancelled; the answer is the order as it is.
+    pub async fn cancel(&self, customer: &Customer, id: &OrderId) -> Result<Option<CancelOutcome>, StoreError> {
+        let Some(order) = self.store().order(id).await?.filter(|o| o.customer_id == customer.id) else {
+            return Ok(None);
+        };
+        let receipt = self.refresh(order).await?;
+        if !receipt.order.status.unsettled() {
+            return Ok(Some(CancelOutcome::TooLate(receipt)));
+        }
+        let Some(attempt) = self.running_attempt(&receipt.order).await? else {
+            return Ok(Some(CancelOutcome::TooLate(receipt)));
+        };
+        let intent = match self.find_intent(&attempt).await {
+            Ok(Some(i)) => i,
+            // Nothing reached the gateway (yet): the order stays as it is
+            // until reconciliation knows.
+            Ok(None) | Err(_) => return Ok(Some(CancelOutcome::TooLate(receipt))),
+        };
+        match self.0.gateway.cancel(&intent.id, &format!("boxoffice-cancel-{}", attempt.id)).await {
+            Ok(canceled) => {
+                let Some(hold) = self.store().hold(&receipt.order.hold_id).await? else {
+                    return Err(StoreError::Internal(anyhow::anyhow!("order {} has no hold", receipt.order.id)));
+                };
+                let after = self.apply(&receipt.order, &attempt, &hold, Ok(canceled)).await?;
+                Ok(Some(CancelOutcome::Cancelled(after)))
+            }
+            // It moved on (processing or paid): report where it is now.
+            Err(_) => Ok(Some(CancelOutcome::TooLate(self.refresh(receipt.order).await?))),
+        }
     }
 
     /// The customer's own order, refreshed from the gateway when its outcome

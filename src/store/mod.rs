@@ -404,6 +404,8 @@ pub trait Store: Send + Sync + 'static {
     /// Orders whose outcome is still open (`pending`, `requires_action`,
     /// `payment_pending`), least recently updated first.
     async fn unsettled_orders(&self, limit: u32) -> StoreResult<Vec<Order>>;
+    /// Confirmed orders last changed in `[from, to)`, oldest first.
+    async fn orders_confirmed_between(&self, from: Timestamp, to: Timestamp, limit: u32) -> StoreResult<Vec<Order>>;
     /// Attempts still open (`started`, `requires_action`, `processing`) whose
     /// order has already ended: payments that may yet succeed late.
     async fn orphaned_attempts(&self, limit: u32) -> StoreResult<Vec<Attempt>>;

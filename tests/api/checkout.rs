@@ -8,7 +8,7 @@ use boxoffice::payments::sim::FaultsPatch;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_on, Backend, Reply, TestApp, ADMIN_TOKEN};
+use crate::helpers::{spawn_app, spawn_app_on, spawn_app_tuned, Backend, Reply, TestApp, ADMIN_TOKEN};
 
 async fn held(app: &TestApp, token: &str, event: &str, seats: &[&str]) -> String {
     let r = app.hold(token, event, json!({ "seats": seats })).await;
@@ -384,4 +384,63 @@ async fn idempotency_keys_are_forgotten_after_a_day() {
     let again = app.checkout(&fan, &third, "k", "pm_card_visa").await;
     assert_eq!(again.body["status"], "confirmed", "{}", again.body);
     assert_ne!(again.id(), paid.id(), "a new request, not the day-old replay");
+}
+
+/// Row 15: the fan gives up while 3-D Secure waits.
+#[tokio::test]
+async fn a_fan_can_cancel_a_payment_waiting_for_three_d_secure() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let hold = held(&app, &fan, &event, &["A1"]).await;
+    let waiting = app.checkout(&fan, &hold, "k", "pm_card_threeDSecure2Required").await;
+    assert_eq!(waiting.body["status"], "requires_action");
+    let path = format!("/v1/orders/{}/cancel", waiting.id());
+    let other = app.customer("other@example.com").await;
+    app.post(&path, Some(&other), json!({})).await.assert_problem(404, "order_not_found");
+    let cancelled = app.post(&path, Some(&fan), json!({})).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    assert_eq!(
+        (cancelled.body["status"].as_str(), cancelled.body["failure_code"].as_str()),
+        (Some("failed"), Some("canceled"))
+    );
+    assert_eq!(hold_status(&app, &fan, &hold).await, "released");
+    assert_eq!(app.seat_statuses(&event).await["A1"], "available");
+    app.post(&path, Some(&fan), json!({})).await.assert_problem(409, "order_not_cancellable");
+    // A paid order cannot be cancelled (only refunded).
+    let h2 = held(&app, &fan, &event, &["A2"]).await;
+    let paid = app.checkout(&fan, &h2, "k2", "pm_card_visa").await;
+    app.post(&format!("/v1/orders/{}/cancel", paid.id()), Some(&fan), json!({}))
+        .await
+        .assert_problem(409, "order_not_cancellable");
+    assert_eq!(captures(&app), 1);
+}
+
+/// Row 2: the gateway answers too late; the retry with the same key gets
+/// the stored result.
+#[tokio::test]
+async fn a_gateway_timeout_is_retried_with_the_same_key_and_charges_once() {
+    let app = spawn_app_tuned(|c| c.gateway_timeout_ms = 300).await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let hold = held(&app, &fan, &event, &["A1"]).await;
+    app.gateway()
+        .set_faults(FaultsPatch { slow_responses_next: Some(1), slow_response_ms: Some(5_000), ..Default::default() })
+        .unwrap();
+    let r = app.checkout(&fan, &hold, "k", "pm_card_visa").await;
+    assert_eq!(r.body["status"], "confirmed", "{}", r.body);
+    assert_eq!(captures(&app), 1);
+}
+
+/// Row 10: the gateway rate-limits; the client backs off and retries.
+#[tokio::test]
+async fn a_rate_limited_gateway_is_backed_off_and_the_payment_goes_through() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let hold = held(&app, &fan, &event, &["A1"]).await;
+    app.gateway().set_faults(FaultsPatch { rate_limit_next: Some(2), ..Default::default() }).unwrap();
+    let r = app.checkout(&fan, &hold, "k", "pm_card_visa").await;
+    assert_eq!(r.body["status"], "confirmed", "{}", r.body);
+    assert_eq!(captures(&app), 1);
 }

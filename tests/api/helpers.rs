@@ -121,6 +121,14 @@ pub async fn spawn_app_on(backend: Backend) -> TestApp {
     spawn_app_with(Setup { backend, redis_url: None }).await
 }
 
+/// A SQLite app with `tune` applied to its configuration.
+pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Config)) -> TestApp {
+    let setup = Setup { backend: Backend::Sqlite, redis_url: None };
+    let mut config = node_config(&setup, None, None);
+    tune(&mut config);
+    spawn_node(&config, FakeClock::starting_now()).await
+}
+
 pub async fn spawn_app_with(setup: Setup) -> TestApp {
     let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
     let database = match setup.backend {

@@ -1154,6 +1154,21 @@ impl Store for PgStore {
         rows.iter().map(checkout::order_from_row).collect::<anyhow::Result<_>>().map_err(err)
     }
 
+    async fn orders_confirmed_between(&self, from: Timestamp, to: Timestamp, limit: u32) -> StoreResult<Vec<Order>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM orders WHERE status = 'confirmed' AND updated_at >= $1 AND updated_at < $2 \
+             ORDER BY updated_at, id LIMIT $3",
+            checkout::ORDER_COLUMNS
+        ))
+        .bind(from.as_millis())
+        .bind(to.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.iter().map(checkout::order_from_row).collect::<anyhow::Result<_>>().map_err(err)
+    }
+
     async fn orphaned_attempts(&self, limit: u32) -> StoreResult<Vec<Attempt>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM payment_attempts a \

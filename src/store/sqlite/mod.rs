@@ -1091,6 +1091,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn orders_confirmed_between(&self, from: Timestamp, to: Timestamp, limit: u32) -> StoreResult<Vec<Order>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM orders WHERE status = 'confirmed' AND updated_at >= ?1 AND updated_at < ?2 \
+                 ORDER BY updated_at, id LIMIT ?3",
+                checkout::ORDER_COLUMNS
+            );
+            checkout::query_all(c, &sql, params![from.as_millis(), to.as_millis(), limit], checkout::order_from_row)
+        })
+        .await
+    }
+
     async fn orphaned_attempts(&self, limit: u32) -> StoreResult<Vec<Attempt>> {
         self.read(move |c| {
             let sql = format!(

@@ -33,6 +33,8 @@ CREATE TABLE orders (
 CREATE INDEX orders_by_customer ON orders (customer_id, created_at);
 CREATE INDEX orders_unsettled ON orders (updated_at)
     WHERE status IN ('pending', 'requires_action', 'payment_pending');
+-- Reconciliation looks at each order once, shortly after it is confirmed.
+CREATE INDEX orders_confirmed_by_update ON orders (updated_at) WHERE status = 'confirmed';
 
 -- Written before the gateway is called; the gateway key derives from id.
 CREATE TABLE payment_attempts (
