@@ -97,7 +97,7 @@ async fn payments(
         }
     };
     let checkout = CheckoutService::new(booking, gateway, signer, config.payment_window_seconds);
-    Ok(Payments { checkout, simulator })
+    Ok(Payments { checkout, simulator, scanner_token: config.scanner_token.clone() })
 }
 
 pub struct Application {

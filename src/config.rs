@@ -45,6 +45,10 @@ pub struct Config {
     /// unset, `serve` and `demo` generate one and print it once.
     #[serde(skip_serializing)]
     pub admin_token: Option<String>,
+    /// `BOXOFFICE_SCANNER_TOKEN`: bearer token for door staff; it opens
+    /// `POST /v1/checkins` and nothing else. Unset: only the admin token scans.
+    #[serde(skip_serializing)]
+    pub scanner_token: Option<String>,
     /// `BOXOFFICE_SQLITE_SYNCHRONOUS`: `auto` (default), `full` or `normal`.
     pub sqlite_synchronous: Synchronous,
     /// `BOXOFFICE_SWEEP_INTERVAL_SECONDS`: how often lapsed holds are tidied.
@@ -126,6 +130,7 @@ impl Default for Config {
             redis_retry_after_ms: 1_000,
             redis_timeout_ms: 250,
             admin_token: None,
+            scanner_token: None,
             sqlite_synchronous: Synchronous::Auto,
             sweep_interval_seconds: 5,
             reconcile_interval_seconds: 15,
@@ -211,6 +216,11 @@ impl Config {
         if let Some(t) = &c.admin_token {
             if t.len() < 16 {
                 bail!("admin_token must be at least 16 characters");
+            }
+        }
+        if let Some(t) = &c.scanner_token {
+            if t.len() < 16 || Some(t) == c.admin_token.as_ref() {
+                bail!("scanner_token must be at least 16 characters and differ from admin_token");
             }
         }
         Ok(c)

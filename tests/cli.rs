@@ -134,3 +134,100 @@ async fn gateway_sim_serves_the_stripe_subset_and_its_ledger() {
     assert_eq!(ledger["entries"][0]["payment_intent"], intent["id"]);
     assert_eq!(ledger["entries"][0]["amount"], 2500);
 }
+
+/// `serve` with `BOXOFFICE_PAYMENTS=stripe` pays through the HTTP client,
+/// here against a separate `gateway-sim` process.
+#[tokio::test]
+async fn serve_pays_through_a_stripe_compatible_gateway_when_configured() {
+    let mut sim = Command::new(BIN);
+    sim.args(["gateway-sim", "--listen", "127.0.0.1:0", "--api-key", "sk_test_serve"]);
+    let (_sim, line) = start_and_read(sim, "listening on");
+    let gateway = line.split_whitespace().find(|w| w.starts_with("http://")).expect("a base URL").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "cli-admin-token-0123456789";
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--role", "api"])
+        .env("BOXOFFICE_DATA_DIR", dir.path())
+        .env("BOXOFFICE_LISTEN", "127.0.0.1:0")
+        .env("BOXOFFICE_ADMIN_TOKEN", admin)
+        .env("BOXOFFICE_PAYMENTS", "stripe")
+        .env("BOXOFFICE_STRIPE_URL", &gateway)
+        .env("BOXOFFICE_STRIPE_KEY", "sk_test_serve")
+        .env("BOXOFFICE_LOG", "info");
+    // The address is in the log line on stderr; read it from there.
+    serve.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = Kill(serve.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        let found = lines.by_ref().find(|l| l.contains("boxoffice is serving"));
+        let _ = tx.send(found.unwrap_or_default());
+        lines.for_each(drop);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("serve started");
+    let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).expect("an address").to_owned();
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let venue: serde_json::Value = http
+        .post(format!("{base}/v1/venues"))
+        .bearer_auth(admin)
+        .json(&boxoffice::demo::venue_json())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let event_json = boxoffice::demo::event_json(
+        venue["id"].as_str().unwrap(),
+        boxoffice::domain::time::Timestamp::from_millis(now),
+    );
+    let event: serde_json::Value = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(admin)
+        .json(&event_json)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session: serde_json::Value = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&serde_json::json!({"email": "fan@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["session_token"].as_str().unwrap();
+    let hold: serde_json::Value = http
+        .post(format!("{base}/v1/events/{}/holds", event["id"].as_str().unwrap()))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"seats": ["A7"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order: serde_json::Value = http
+        .post(format!("{base}/v1/holds/{}/checkout", hold["id"].as_str().unwrap()))
+        .bearer_auth(token)
+        .header("Idempotency-Key", "cli-checkout")
+        .json(&serde_json::json!({"payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let ledger: serde_json::Value =
+        http.get(format!("{gateway}/sim/ledger")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ledger["entries"][0]["metadata"]["order_id"], order["id"], "the separate gateway took the payment");
+}

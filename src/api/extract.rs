@@ -123,6 +123,25 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Door staff: the scanner token (`BOXOFFICE_SCANNER_TOKEN`) or the admin
+/// token. The scanner token opens check-in and nothing else.
+pub struct Scanner;
+
+impl FromRequestParts<AppState> for Scanner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = TokenHash::of(bearer(parts)?);
+        let admin = bool::from(presented.0.ct_eq(&state.admin_token_hash.0));
+        let scanner = state.scanner_token_hash.is_some_and(|h| bool::from(presented.0.ct_eq(&h.0)));
+        if admin || scanner {
+            Ok(Scanner)
+        } else {
+            Err(ApiError::forbidden("this needs the scanner or admin token"))
+        }
+    }
+}
+
 /// A single path segment as text; undecodable segments are 404 `not_found`.
 pub struct ApiPath(pub String);
 

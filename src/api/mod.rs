@@ -55,6 +55,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// SHA-256 of the admin token; compared in constant time.
     pub admin_token_hash: TokenHash,
+    /// SHA-256 of the scanner token, when one is configured.
+    pub scanner_token_hash: Option<TokenHash>,
     pub session_ttl: Duration,
     /// Token → customer, so a hot path does not read the database per request.
     pub sessions: moka::sync::Cache<TokenHash, (Customer, Timestamp)>,
@@ -75,6 +77,8 @@ pub struct Shared {
 pub struct Payments {
     pub checkout: CheckoutService,
     pub simulator: Option<Simulator>,
+    /// Door staff's token for `POST /v1/checkins`.
+    pub scanner_token: Option<String>,
 }
 
 impl AppState {
@@ -94,6 +98,7 @@ impl AppState {
             clock: booking.clock().clone(),
             booking,
             admin_token_hash: TokenHash::of(admin_token),
+            scanner_token_hash: payments.scanner_token.as_deref().map(TokenHash::of),
             session_ttl,
             sessions: moka::sync::Cache::builder().max_capacity(200_000).time_to_live(Duration::from_secs(60)).build(),
             catalog,

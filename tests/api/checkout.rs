@@ -444,3 +444,20 @@ async fn a_rate_limited_gateway_is_backed_off_and_the_payment_goes_through() {
     assert_eq!(r.body["status"], "confirmed", "{}", r.body);
     assert_eq!(captures(&app), 1);
 }
+
+#[tokio::test]
+async fn door_staff_scan_with_the_scanner_token_and_nothing_else() {
+    const SCANNER: &str = "scanner-token-0123456789";
+    let app = spawn_app_tuned(|c| c.scanner_token = Some(SCANNER.into())).await;
+    let event = app.demo_event(json!({})).await;
+    let fan = app.customer("fan@example.com").await;
+    let hold = held(&app, &fan, &event, &["A1"]).await;
+    let paid = app.checkout(&fan, &hold, "k", "pm_card_visa").await;
+    let code = paid.body["tickets"][0]["code"].as_str().unwrap().to_owned();
+    let scan = app.post("/v1/checkins", Some(SCANNER), json!({ "code": code })).await;
+    assert_eq!(scan.body["result"], "valid", "{}", scan.body);
+    let venue = app.post("/v1/venues", Some(SCANNER), boxoffice::demo::venue_json()).await;
+    venue.assert_problem(403, "forbidden");
+    let refund = app.post(&format!("/v1/orders/{}/refund", paid.id()), Some(SCANNER), json!({})).await;
+    refund.assert_problem(403, "forbidden");
+}

@@ -164,6 +164,10 @@ async fn a_late_success_after_the_seat_was_resold_is_refunded_and_the_books_bala
     let o = order(&app, &first, &pending.id()).await;
     assert_eq!((o["status"].as_str(), o["failure_code"].as_str()), (Some("failed"), Some("payment_timeout")));
     assert_eq!(app.seat_statuses(&event).await["A1"], "sold");
+    let grace = boxoffice::audit::Grace { sweep: Duration::from_secs(15), reconcile: Duration::from_secs(120) };
+    let ledger = app.gateway().ledger();
+    let found = boxoffice::audit::run(&app.state.store, Some(&ledger), app.clock.now(), grace).await.unwrap();
+    assert!(found.is_empty(), "audit is clean: {found:?}");
 }
 
 #[tokio::test]
