@@ -170,62 +170,23 @@ async fn serve_pays_through_a_stripe_compatible_gateway_when_configured() {
     let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).expect("an address").to_owned();
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
-    let venue: serde_json::Value = http
-        .post(format!("{base}/v1/venues"))
-        .bearer_auth(admin)
-        .json(&boxoffice::demo::venue_json())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
-    let event_json = boxoffice::demo::event_json(
-        venue["id"].as_str().unwrap(),
-        boxoffice::domain::time::Timestamp::from_millis(now),
-    );
-    let event: serde_json::Value = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(admin)
-        .json(&event_json)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session: serde_json::Value = http
-        .post(format!("{base}/v1/sessions"))
-        .json(&serde_json::json!({"email": "fan@example.com"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = |path: String, token: Option<&str>, body: serde_json::Value| {
+        let mut request = http.post(format!("{base}{path}")).header("Idempotency-Key", "cli-checkout").json(&body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let venue = post("/v1/venues".into(), Some(admin), boxoffice::demo::venue_json()).await;
+    let now = boxoffice::domain::time::Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
+    let event =
+        post("/v1/events".into(), Some(admin), boxoffice::demo::event_json(venue["id"].as_str().unwrap(), now)).await;
+    let session = post("/v1/sessions".into(), None, serde_json::json!({"email": "fan@example.com"})).await;
     let token = session["session_token"].as_str().unwrap();
-    let hold: serde_json::Value = http
-        .post(format!("{base}/v1/events/{}/holds", event["id"].as_str().unwrap()))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"seats": ["A7"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let order: serde_json::Value = http
-        .post(format!("{base}/v1/holds/{}/checkout", hold["id"].as_str().unwrap()))
-        .bearer_auth(token)
-        .header("Idempotency-Key", "cli-checkout")
-        .json(&serde_json::json!({"payment_method": "pm_card_visa"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hold_path = format!("/v1/events/{}/holds", event["id"].as_str().unwrap());
+    let hold = post(hold_path, Some(token), serde_json::json!({"seats": ["A7"]})).await;
+    let checkout = format!("/v1/holds/{}/checkout", hold["id"].as_str().unwrap());
+    let order = post(checkout, Some(token), serde_json::json!({"payment_method": "pm_card_visa"})).await;
     assert_eq!(order["status"], "confirmed", "{order}");
     let ledger: serde_json::Value =
         http.get(format!("{gateway}/sim/ledger")).send().await.unwrap().json().await.unwrap();

@@ -264,17 +264,7 @@ fn backoff(attempts: u32) -> Duration {
 
 /// Runs [`Relay::run_once`] every `period` until `stop` is cancelled.
 pub async fn run(relay: Relay, period: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = relay.run_once().await {
-            tracing::error!(error = format!("{e:#}"), "outbox relay pass failed");
-        }
-    }
+    super::every("outbox relay", period, stop, || relay.run_once()).await
 }
 
 impl std::fmt::Debug for Relay {

@@ -29,17 +29,5 @@ pub async fn run_once(checkout: &CheckoutService) -> anyhow::Result<Reconciled> 
 
 /// Runs [`run_once`] every `period` until `stop` is cancelled.
 pub async fn run(checkout: CheckoutService, period: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match run_once(&checkout).await {
-            Ok(r) if r != Reconciled::default() => tracing::info!(?r, "reconciliation settled payments"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = format!("{e:#}"), "reconciliation pass failed"),
-        }
-    }
+    super::every("reconciliation", period, stop, || run_once(&checkout)).await
 }

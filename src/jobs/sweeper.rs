@@ -50,17 +50,5 @@ pub async fn run_once(booking: &BookingService) -> anyhow::Result<SweepReport> {
 
 /// Runs [`run_once`] every `period` until `stop` is cancelled.
 pub async fn run(booking: BookingService, period: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match run_once(&booking).await {
-            Ok(r) if r.expired > 0 => tracing::info!(expired = r.expired, "sweeper ended lapsed holds"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = format!("{e:#}"), "sweeper pass failed"),
-        }
-    }
+    super::every("sweeper", period, stop, || run_once(&booking)).await
 }

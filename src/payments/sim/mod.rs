@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -532,7 +532,25 @@ fn form(body: &Bytes) -> BTreeMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// The parameters a key is bound to: method, path and the sorted form.
+/// A write's form fields, and the fingerprint its idempotency key binds:
+/// method, path and the sorted form.
+struct SimForm {
+    fields: BTreeMap<String, String>,
+    fingerprint: String,
+}
+
+impl<S: Send + Sync> FromRequest<S> for SimForm {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        let fields = form(&body);
+        let fingerprint = fingerprint(&method, &uri, &fields);
+        Ok(SimForm { fields, fingerprint })
+    }
+}
+
 fn fingerprint(method: &Method, uri: &Uri, fields: &BTreeMap<String, String>) -> String {
     let mut s = format!("{method} {}", uri.path());
     for (k, v) in fields {
@@ -583,13 +601,9 @@ fn finish(books: &mut Books, id: &str, success: bool, now: Timestamp) {
 
 async fn create_intent(
     State(sim): State<Simulator>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    SimForm { fields, fingerprint: fp }: SimForm,
 ) -> Response {
-    let fields = form(&body);
-    let fp = fingerprint(&method, &uri, &fields);
     let base = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("http://{h}"));
     sim.serve_v1(&headers, fp, move |sim, books| create(sim, books, &fields, base.as_deref().unwrap_or(""))).await
 }
@@ -769,12 +783,9 @@ async fn search_intents(
 async fn cancel_intent(
     State(sim): State<Simulator>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    SimForm { fingerprint: fp, .. }: SimForm,
 ) -> Response {
-    let fp = fingerprint(&method, &uri, &form(&body));
     sim.serve_v1(&headers, fp, move |_, books| {
         let Some(si) = books.intents.get_mut(&id) else { return missing_intent(&id) };
         match si.intent.status {
@@ -799,13 +810,9 @@ async fn cancel_intent(
 
 async fn create_refund(
     State(sim): State<Simulator>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    SimForm { fields, fingerprint: fp }: SimForm,
 ) -> Response {
-    let fields = form(&body);
-    let fp = fingerprint(&method, &uri, &fields);
     sim.serve_v1(&headers, fp, move |sim, books| {
         let Some(pi) = fields.get("payment_intent") else {
             return invalid("parameter_missing", "payment_intent", "Missing required param: payment_intent.");
