@@ -78,8 +78,11 @@ async fn payments(
             None,
         ),
     };
+    // A checkout's gateway call must end before its HTTP request's deadline.
+    let request_deadline = Duration::from_secs(config.request_timeout_seconds);
     let settings = ClientSettings {
         timeout: Duration::from_millis(config.gateway_timeout_ms),
+        deadline: request_deadline.saturating_sub(Duration::from_secs(5)).max(Duration::from_secs(1)),
         max_retries: config.gateway_max_retries,
         ..ClientSettings::new(url, key)
     };

@@ -418,3 +418,20 @@ async fn fault_knobs_change_at_runtime_over_http() {
     let ledger: Value = http.get(format!("{}/sim/ledger", r.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(ledger["entries"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_call_gives_up_at_its_deadline_with_the_outcome_unknown() {
+    let r = rig_with(None, |s| {
+        s.timeout = Duration::from_millis(200);
+        s.deadline = Duration::from_millis(500);
+        s.max_retries = 10;
+        s.breaker_threshold = 100;
+    })
+    .await;
+    // Three slow answers fill the deadline; without it, the fourth try
+    // would get the stored success.
+    patch(&r.sim, FaultsPatch { slow_responses_next: Some(3), slow_response_ms: Some(5_000), ..Default::default() });
+    let err = r.client.create_payment(&payment("pm_card_visa", "ord_deadline"), "k-deadline").await.unwrap_err();
+    assert!(err.outcome_unknown(), "{err}");
+    assert_eq!(captures(&r.sim.ledger()).len(), 1, "it did charge; only reconciliation can know");
+}

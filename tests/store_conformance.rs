@@ -24,7 +24,7 @@ use boxoffice::domain::time::Timestamp;
 use boxoffice::domain::venue::{Venue, VenueDraft};
 use boxoffice::store::checkout::{
     AttemptStatus, CheckoutRefusal, CheckoutStart, CheckoutStarted, KeyClaim, NewTicket, Order, OutboxMessage,
-    Refunded, Settled, Settlement, TicketStatus,
+    OutboxProgress, Refunded, Settled, Settlement, TicketStatus,
 };
 use boxoffice::store::{
     Customer, DynStore, EventQuery, HoldPlacement, HoldRejection, NewSession, ReleaseOutcome, StoreError,
@@ -857,6 +857,34 @@ pub mod cases {
         assert!(hold(store, &e, &fan, seats(&["A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8"]), at(6)).await.is_ok());
     }
 
+    pub async fn outbox_rows_are_leased_and_progress_is_fenced(store: &DynStore) {
+        let m = || OutboxMessage { topic: "ops.alert".into(), payload: "{}".into() };
+        assert!(store.alert_once("k:1", m(), T0).await.unwrap());
+        assert!(!store.alert_once("k:1", m(), T0).await.unwrap(), "written once per key");
+        assert!(store.alert_once("k:2", m(), T0).await.unwrap());
+        let lease = std::time::Duration::from_secs(60);
+        let first = store.claim_outbox(at(1), lease, 10).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(store.claim_outbox(at(2), lease, 10).await.unwrap().is_empty(), "leased rows are not handed out twice");
+        // The lease runs out; another relay claims the rows.
+        let second = store.claim_outbox(at(62), lease, 10).await.unwrap();
+        assert_eq!(second.iter().map(|r| r.attempts).collect::<Vec<_>>(), vec![2, 2]);
+        let progress = |delivered| OutboxProgress {
+            done_channels: "webhook".into(),
+            delivered,
+            next_attempt_at: at(100),
+            last_error: None,
+        };
+        assert!(!store.outbox_progress(first[0].id, first[0].attempts, progress(true), at(63)).await.unwrap(), "stale");
+        assert!(store.outbox_progress(second[0].id, second[0].attempts, progress(true), at(63)).await.unwrap());
+        assert!(store.outbox_progress(second[1].id, second[1].attempts, progress(false), at(63)).await.unwrap());
+        let due = store.outbox_due(at(100), 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|r| (r.id, r.done_channels.as_str())).collect::<Vec<_>>(),
+            vec![(second[1].id, "webhook")]
+        );
+    }
+
     pub async fn idempotency_keys_are_claimed_once_per_customer_and_replayed(store: &DynStore) {
         let (a, b) = (CustomerId::generate(), CustomerId::generate());
         let lease = std::time::Duration::from_secs(30);
@@ -956,6 +984,7 @@ macro_rules! all_cases {
             a_second_live_ticket_for_a_seat_is_refused_and_nothing_is_written,
             idempotency_keys_are_claimed_once_per_customer_and_replayed,
             refunding_an_order_gives_back_its_seats_and_places_once,
+            outbox_rows_are_leased_and_progress_is_fenced,
         );
     };
 }

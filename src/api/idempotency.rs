@@ -74,7 +74,10 @@ where
             let response = match request.await {
                 Ok(r) => r,
                 Err(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE && e.code() == "unavailable" => {
-                    // The database refused before anything was written.
+                    // The database was busy. Usually nothing was written; if
+                    // the card was charged before a write failed, a retry
+                    // finds the hold in checkout (409) and reconciliation
+                    // settles the payment.
                     if let Err(err) = state.store.abandon_idempotency_key(&customer.id, key).await {
                         tracing::warn!(error = %err, "could not free an idempotency key");
                     }

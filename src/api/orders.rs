@@ -303,6 +303,10 @@ pub async fn public_key(State(state): State<AppState>) -> impl IntoResponse {
 #[serde(deny_unknown_fields)]
 pub struct CheckInRequest {
     pub code: String,
+    /// The event at this door: a ticket for another event is `invalid` (and
+    /// not used up). Optional.
+    #[serde(default)]
+    pub event_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -351,10 +355,19 @@ pub async fn check_in(
     let Some(id) = TicketId::parse(&claims.ticket_id) else {
         return Ok((no_store(), Json(invalid())));
     };
+    // The code must be the one issued, and for this door's event, before
+    // the ticket is used up.
+    let issued = state.store.ticket(&id).await?;
+    let genuine = issued
+        .as_ref()
+        .is_some_and(|t| t.code == req.code.trim() && req.event_id.as_deref().is_none_or(|e| e == t.event_id.as_str()));
+    if !genuine {
+        return Ok((no_store(), Json(invalid())));
+    }
     let result = match state.store.check_in(&id, state.clock.now()).await? {
-        CheckIn::Admitted(t) if t.code == req.code.trim() => ("valid", Some(t)),
-        CheckIn::AlreadyUsed(t) if t.code == req.code.trim() => ("already_used", Some(t)),
-        _ => ("invalid", None),
+        CheckIn::Admitted(t) => ("valid", Some(t)),
+        CheckIn::AlreadyUsed(t) => ("already_used", Some(t)),
+        CheckIn::Void(_) | CheckIn::NotFound => ("invalid", None),
     };
     Ok((no_store(), Json(CheckInResult { result: result.0.into(), ticket: result.1.as_ref().map(CheckedTicket::new) })))
 }

@@ -300,7 +300,7 @@ impl CheckoutService {
                     topic: "ops.alert".into(),
                     payload: json!({"kind": "duplicate_capture", "order_id": order.id, "intent": extra.id}).to_string(),
                 };
-                self.store().alert_once(&order.id, alert, now).await?;
+                self.store().alert_once(&format!("duplicate_capture:{}", extra.id), alert, now).await?;
             }
         }
         if orders.len() == limit as usize {
@@ -357,7 +357,8 @@ impl CheckoutService {
                 payload: json!({"kind": "payment_outcome_unknown", "order_id": order.id, "attempt_id": attempt.id})
                     .to_string(),
             };
-            self.store().alert_once(&order.id, alert, self.0.booking.clock().now()).await?;
+            let key = format!("outcome_unknown:{}", order.id);
+            self.store().alert_once(&key, alert, self.0.booking.clock().now()).await?;
         }
         Ok(true)
     }
@@ -406,18 +407,22 @@ impl CheckoutService {
                         return Ok(None);
                     }
                 }
-                tracing::warn!(order = %attempt.order_id, intent = %intent.id, "late payment refunded");
-                metrics::counter!("boxoffice_late_payments_refunded_total").increment(1);
-                let customer = self.store().order(&attempt.order_id).await?.map(|o| o.customer_id);
-                let note = OutboxMessage {
-                    topic: "order.late_payment_refunded".into(),
-                    payload: json!({
-                        "order_id": attempt.order_id, "customer_id": customer, "intent": intent.id,
-                        "amount": intent.amount_received, "currency": intent.currency,
-                    })
-                    .to_string(),
-                };
-                self.store().alert_once(&attempt.order_id, note, now).await?;
+                let order = self.store().order(&attempt.order_id).await?;
+                // A capture of the wrong amount was alerted when it was seen;
+                // anything else is a payment that came after its order ended.
+                if order.as_ref().and_then(|o| o.failure_code.as_deref()) != Some("amount_mismatch") {
+                    tracing::warn!(order = %attempt.order_id, intent = %intent.id, "late payment refunded");
+                    metrics::counter!("boxoffice_late_payments_refunded_total").increment(1);
+                    let note = OutboxMessage {
+                        topic: "order.late_payment_refunded".into(),
+                        payload: json!({
+                            "order_id": attempt.order_id, "customer_id": order.map(|o| o.customer_id),
+                            "intent": intent.id, "amount": intent.amount_received, "currency": intent.currency,
+                        })
+                        .to_string(),
+                    };
+                    self.store().alert_once(&format!("late_payment:{}", attempt.id), note, now).await?;
+                }
                 let closed =
                     self.store().close_attempt(&attempt.id, AttemptStatus::Succeeded, Some(&intent.id), now).await?;
                 Ok(closed.then_some(true))
@@ -463,7 +468,9 @@ impl CheckoutService {
             // The answer was lost: the attempt stays started until the
             // gateway is asked again.
             (HoldFate::AwaitOutcome, _) => AttemptStatus::Started,
-            (HoldFate::Keep | HoldFate::Release, _) if verdict.refund_and_alert => AttemptStatus::Succeeded,
+            // A refund is owed: the attempt stays open (with its intent) until
+            // reconciliation sees the refund through.
+            (HoldFate::Keep | HoldFate::Release, _) if verdict.refund_and_alert => AttemptStatus::Processing,
             (HoldFate::Keep | HoldFate::Release, _) => AttemptStatus::Failed,
         };
         let mut outbox = Vec::new();

@@ -8,11 +8,12 @@
 //! - **email** over SMTP (lettre) to the customer: confirmation, refund,
 //!   expiry of a checkout, and a refunded late payment.
 //!
-//! Delivery is at least once: a row is claimed with a lease (two relays
-//! never send it at once), each channel is recorded as done as soon as it
-//! succeeds (a retry does not send it again), and failures are retried with
-//! exponential backoff (jittered, up to an hour), timed by the injected
-//! clock.
+//! Delivery is at least once: a row is claimed with a lease longer than a
+//! batch can take, each channel is recorded as done as soon as it succeeds
+//! (a retry does not send it again), every write is fenced by the claim (a
+//! relay whose lease ran out cannot undo another's progress), and failures
+//! are retried with exponential backoff (jittered, up to an hour), timed by
+//! the injected clock.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,9 +34,10 @@ use crate::store::DynStore;
 
 const WEBHOOK: &str = "webhook";
 const EMAIL: &str = "email";
-/// Rows claimed per pass, and how long a claim keeps other relays off.
-const BATCH: u32 = 100;
-const LEASE: Duration = Duration::from_secs(120);
+/// Rows claimed at once, and how long a claim keeps other relays off: longer
+/// than the slowest batch (every row timing out on both channels).
+const BATCH: u32 = 10;
+const LEASE: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// Where notifications go.
@@ -109,24 +111,37 @@ impl Relay {
         let mut done: BTreeSet<String> =
             row.done_channels.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
         let mut errors = Vec::new();
-        if let Some((url, secret)) = &self.0.webhook {
-            if !done.contains(WEBHOOK) {
-                match self.post_webhook(url, secret, &row).await {
-                    Ok(()) => {
-                        done.insert(WEBHOOK.into());
-                    }
-                    Err(e) => errors.push(format!("webhook: {e:#}")),
-                }
+        let channels = [WEBHOOK, EMAIL];
+        for channel in channels {
+            if done.contains(channel) {
+                continue;
             }
-        }
-        if let Some((mailer, from)) = &self.0.mailer {
-            if !done.contains(EMAIL) {
-                match self.send_email(mailer, from, &row).await {
-                    Ok(()) => {
-                        done.insert(EMAIL.into());
+            let sent = match channel {
+                WEBHOOK => match &self.0.webhook {
+                    Some((url, secret)) => self.post_webhook(url, secret, &row).await,
+                    None => continue,
+                },
+                _ => match &self.0.mailer {
+                    Some((mailer, from)) => self.send_email(mailer, from, &row).await,
+                    None => continue,
+                },
+            };
+            match sent {
+                Ok(()) => {
+                    done.insert(channel.into());
+                    // Recorded at once, so a later failure never re-sends it.
+                    let progress = OutboxProgress {
+                        done_channels: join(&done),
+                        delivered: false,
+                        next_attempt_at: self.0.clock.now().plus(LEASE),
+                        last_error: None,
+                    };
+                    if !self.0.store.outbox_progress(row.id, row.attempts, progress, self.0.clock.now()).await? {
+                        // Another relay took the row over after our lease ran out.
+                        return Ok(false);
                     }
-                    Err(e) => errors.push(format!("email: {e:#}")),
                 }
+                Err(e) => errors.push(format!("{channel}: {e:#}")),
             }
         }
         let now = self.0.clock.now();
@@ -137,13 +152,12 @@ impl Relay {
         metrics::counter!("boxoffice_outbox_deliveries_total", "outcome" => if delivered { "delivered" } else { "retry" })
             .increment(1);
         let progress = OutboxProgress {
-            done_channels: done.into_iter().collect::<Vec<_>>().join(","),
+            done_channels: join(&done),
             delivered,
             next_attempt_at: now.plus(backoff(row.attempts)),
             last_error: (!delivered).then(|| errors.join("; ")),
         };
-        self.0.store.outbox_progress(row.id, progress, now).await?;
-        Ok(delivered)
+        Ok(self.0.store.outbox_progress(row.id, row.attempts, progress, now).await? && delivered)
     }
 
     async fn post_webhook(&self, url: &str, secret: &[u8], row: &OutboxRow) -> anyhow::Result<()> {
@@ -189,6 +203,10 @@ impl Relay {
         mailer.send(message).await?;
         Ok(())
     }
+}
+
+fn join(channels: &BTreeSet<String>) -> String {
+    channels.iter().map(String::as_str).collect::<Vec<_>>().join(",")
 }
 
 /// The subject and text of the email a topic sends, if it sends one.

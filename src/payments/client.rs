@@ -1,6 +1,7 @@
 //! A Stripe-compatible HTTP client for the PaymentIntents subset.
 //!
-//! - Every call has a timeout; every write carries an `Idempotency-Key`.
+//! - Every try has a timeout, and every call (retries included) a deadline;
+//!   every write carries an `Idempotency-Key`.
 //! - Retries back off with full jitter and reuse the same key, so a retry
 //!   of a charge that did go through gets the stored result, never a second
 //!   charge. `Retry-After` on a 429 is honoured.
@@ -34,6 +35,9 @@ pub struct ClientSettings {
     pub api_key: String,
     /// The deadline of each try.
     pub timeout: Duration,
+    /// The deadline of a whole call, retries and backoff included: a
+    /// checkout must finish inside its HTTP request's deadline.
+    pub deadline: Duration,
     /// Tries after the first, for failures that a retry may cure.
     pub max_retries: u32,
     pub backoff_base: Duration,
@@ -49,6 +53,7 @@ impl ClientSettings {
             base_url: base_url.into(),
             api_key: api_key.into(),
             timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(25),
             max_retries: 3,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
@@ -134,6 +139,9 @@ impl StripeClient {
         let mut maybe_executed = false;
         let mut last_error = String::new();
         for attempt in 0..=self.settings.max_retries {
+            let Some(left) = self.settings.deadline.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+                break;
+            };
             let permit = match self.breaker.admit() {
                 Ok(p) => p,
                 // Nothing of this call reached the gateway: safe to say so.
@@ -148,7 +156,7 @@ impl StripeClient {
                 .http
                 .request(method.clone(), format!("{}{}", self.settings.base_url.trim_end_matches('/'), path))
                 .bearer_auth(&self.settings.api_key)
-                .timeout(self.settings.timeout);
+                .timeout(self.settings.timeout.min(left));
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
@@ -179,8 +187,9 @@ impl StripeClient {
                     maybe_executed |= executed;
                     tracing::debug!(op, attempt, %error, "payment gateway call failed; retrying with the same key");
                     last_error = error;
+                    let left = self.settings.deadline.saturating_sub(started.elapsed());
                     if attempt < self.settings.max_retries {
-                        tokio::time::sleep(wait.unwrap_or_else(|| self.backoff(attempt))).await;
+                        tokio::time::sleep(wait.unwrap_or_else(|| self.backoff(attempt)).min(left)).await;
                     }
                 }
             }
@@ -245,11 +254,13 @@ impl StripeClient {
             );
         }
         let Ok(Envelope { error }) = serde_json::from_slice::<Envelope>(&body) else {
-            return Try::Done(Err(GatewayError::Invalid {
-                code: None,
-                param: None,
-                message: format!("gateway answered {status} without an error body"),
-            }));
+            // Not the gateway's own refusal (a proxy's 408, say): the request
+            // may have gone through, so it is retried like a 5xx.
+            return Try::Again {
+                error: format!("{status} without a gateway error body"),
+                maybe_executed: true,
+                wait: None,
+            };
         };
         let message = error.message.unwrap_or_default();
         Try::Done(Err(match (status, error.kind.as_str(), error.code.as_deref()) {

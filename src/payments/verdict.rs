@@ -78,9 +78,21 @@ impl Verdict {
                 Self::new(OrderStatus::Failed, HoldFate::Release, Some(c))
             }
             // A payment method the gateway does not know: like invalid card details.
-            GatewayError::Invalid { .. } | GatewayError::NotFound(_) => {
+            GatewayError::Invalid { param: Some(p), .. } if p == "payment_method" => {
                 Self::new(OrderStatus::Failed, HoldFate::Keep, Some("invalid_payment_method"))
             }
+            // Our own credentials refused: an operator's problem, not the
+            // fan's card; nothing was charged.
+            GatewayError::Invalid { code: Some(c), .. } if c.starts_with("api_key") => {
+                tracing::error!(code = %c, "the payment gateway refused boxoffice's API key");
+                Self::new(OrderStatus::Failed, HoldFate::Keep, Some("gateway_unavailable"))
+            }
+            // Any other refusal (an amount out of the gateway's range, say),
+            // named as the gateway named it; nothing was charged.
+            GatewayError::Invalid { code, .. } => {
+                Self::new(OrderStatus::Failed, HoldFate::Keep, Some(code.as_deref().unwrap_or("payment_rejected")))
+            }
+            GatewayError::NotFound(_) => Self::new(OrderStatus::Failed, HoldFate::Keep, Some("invalid_payment_method")),
             // 3 (breaker open) and 10 (rate limited past every retry): nothing
             // was charged, so the fan may simply try again.
             GatewayError::CircuitOpen { .. } | GatewayError::Unavailable(_) => {
@@ -186,6 +198,14 @@ mod tests {
         let currency =
             GatewayError::Invalid { code: s("currency_not_supported"), param: s("currency"), message: String::new() };
         assert_eq!(verdict(Err(currency)), (Failed, Release, s("currency_not_supported")));
+        // Refusals that are not the card's fault keep their own names.
+        let small = GatewayError::Invalid { code: s("amount_too_small"), param: s("amount"), message: String::new() };
+        assert_eq!(verdict(Err(small)), (Failed, Keep, s("amount_too_small")));
+        let key = GatewayError::Invalid { code: s("api_key_invalid"), param: None, message: String::new() };
+        assert_eq!(verdict(Err(key)), (Failed, Keep, s("gateway_unavailable")));
+        let pm =
+            GatewayError::Invalid { code: s("resource_missing"), param: s("payment_method"), message: String::new() };
+        assert_eq!(verdict(Err(pm)), (Failed, Keep, s("invalid_payment_method")));
         // 15 cancelled.
         assert_eq!(verdict(Ok(intent(IntentStatus::Canceled, 0))), (Failed, Release, s("canceled")));
         // Success.

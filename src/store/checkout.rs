@@ -232,7 +232,8 @@ pub enum Settled {
     /// A sale was asked for, but the hold is no longer in checkout (it was
     /// released, or lapsed and was expired): the money captured must be
     /// refunded. The order is now `failed` with `hold_expired`, and the
-    /// attempt `succeeded` with its intent, so reconciliation finds it.
+    /// attempt stays open with its intent, so reconciliation refunds it
+    /// until the gateway confirms.
     HoldLost(Order),
     NotFound,
 }

@@ -418,9 +418,9 @@ pub trait Store: Send + Sync + 'static {
         intent_id: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<bool>;
-    /// Writes `message` to the outbox once per (order, topic): false if it was
-    /// written before.
-    async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool>;
+    /// Writes `message` to the outbox once per `dedup_key` (such as
+    /// `duplicate_capture:<intent>`): false if it was written before.
+    async fn alert_once(&self, dedup_key: &str, message: OutboxMessage, now: Timestamp) -> StoreResult<bool>;
 
     /// Undoes a confirmed order after its refund at the gateway, in one
     /// transaction: order `refunded`, seats and GA places available again,
@@ -435,7 +435,16 @@ pub trait Store: Send + Sync + 'static {
     /// so two relays never deliver the same row at once.
     async fn claim_outbox(&self, now: Timestamp, lease: std::time::Duration, limit: u32)
         -> StoreResult<Vec<OutboxRow>>;
-    async fn outbox_progress(&self, id: i64, progress: OutboxProgress, now: Timestamp) -> StoreResult<()>;
+    /// Records a delivery try of a row claimed with `attempts` tries: false,
+    /// and nothing written, if the row has since been claimed again (its
+    /// lease ran out) or delivered.
+    async fn outbox_progress(
+        &self,
+        id: i64,
+        attempts: u32,
+        progress: OutboxProgress,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
     /// The email a customer signed in with.
     async fn customer_email(&self, id: &CustomerId) -> StoreResult<Option<String>>;
 

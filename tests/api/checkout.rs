@@ -84,7 +84,13 @@ async fn a_paid_order_gets_tickets_that_check_in_once(backend: Backend) {
     assert_eq!(scan(String::from_utf8(tampered).unwrap()).await.body["result"], "invalid");
     let forged = boxoffice::domain::ticket::TicketSigner::from_seed(&[9; 32]).sign(&claims);
     assert_eq!(scan(forged).await.body["result"], "invalid");
-    assert_eq!(scan(tickets[1]["code"].as_str().unwrap().to_owned()).await.body["result"], "valid");
+    // At another event's door the ticket is invalid, and not used up.
+    let second = tickets[1]["code"].as_str().unwrap().to_owned();
+    let elsewhere =
+        app.post("/v1/checkins", Some(ADMIN_TOKEN), json!({ "code": second, "event_id": "evt_other" })).await;
+    assert_eq!(elsewhere.body["result"], "invalid");
+    let here = app.post("/v1/checkins", Some(ADMIN_TOKEN), json!({ "code": second, "event_id": event })).await;
+    assert_eq!(here.body["result"], "valid");
     let by_fan = app.post("/v1/checkins", Some(&fan), json!({ "code": code })).await;
     assert!(matches!(by_fan.status.as_u16(), 401 | 403), "{}", by_fan.body);
 }

@@ -216,3 +216,26 @@ async fn a_second_capture_for_a_confirmed_order_is_refunded_once_and_alerted() {
     let alerts = app.state.store.outbox_due(app.clock.now(), 100).await.unwrap();
     assert!(alerts.iter().any(|m| m.topic == "ops.alert" && m.payload.contains("duplicate_capture")), "{alerts:?}");
 }
+
+#[tokio::test]
+async fn a_refund_owed_for_a_wrong_amount_is_retried_until_the_gateway_confirms_it() {
+    let app = spawn_app().await;
+    let event = app.demo_event(json!({})).await;
+    let token = app.customer("fan@example.com").await;
+    let hold = held(&app, &token, &event, &["A1"]).await;
+    app.gateway().set_faults(FaultsPatch { fail_refunds_next: Some(100), ..Default::default() }).unwrap();
+    let r = app.checkout(&token, &hold, "k", "pm_card_captureWrongAmount").await;
+    assert_eq!((r.body["status"].as_str(), r.body["failure_code"].as_str()), (Some("failed"), Some("amount_mismatch")));
+    assert_eq!(ledger_totals(&app).2, 0, "the refund failed at the gateway");
+    reconcile(&app).await;
+    assert_eq!(ledger_totals(&app).2, 0, "still failing");
+    app.gateway().set_faults(FaultsPatch { fail_refunds_next: Some(0), ..Default::default() }).unwrap();
+    app.clock.advance(Duration::from_secs(31)); // past the breaker's cooldown
+    let done = reconcile(&app).await;
+    assert_eq!(done.late_refunds, 1, "{done:?}");
+    let (captures, captured, refunds, refunded) = ledger_totals(&app);
+    assert_eq!((captures, refunds, captured - refunded), (1, 1, 0), "the wrong capture is returned in full, once");
+    assert_eq!(reconcile(&app).await, Reconciled::default(), "nothing is owed any more");
+    let notes = app.state.store.outbox_due(app.clock.now(), 100).await.unwrap();
+    assert!(!notes.iter().any(|m| m.topic == "order.late_payment_refunded"), "not a late payment: {notes:?}");
+}

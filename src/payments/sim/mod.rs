@@ -67,6 +67,9 @@ pub struct Faults {
     pub drop_responses_next: u32,
     /// Share (0–1) of `/v1` responses dropped after the request ran.
     pub drop_response_rate: f64,
+    /// The next N refund requests fail with 500 before they run (and are
+    /// not stored under their key): a refund endpoint in trouble.
+    pub fail_refunds_next: u32,
     /// Currencies accepted, lower case. Others get 400
     /// `currency_not_supported`.
     pub currencies: Vec<String>,
@@ -85,6 +88,7 @@ impl Default for Faults {
             rate_limit_next: 0,
             drop_responses_next: 0,
             drop_response_rate: 0.0,
+            fail_refunds_next: 0,
             currencies: ["usd", "eur", "gbp", "cad", "aud", "jpy", "chf", "sek", "nok", "dkk", "nzd", "sgd"]
                 .map(String::from)
                 .to_vec(),
@@ -106,6 +110,7 @@ pub struct FaultsPatch {
     pub rate_limit_next: Option<u32>,
     pub drop_responses_next: Option<u32>,
     pub drop_response_rate: Option<f64>,
+    pub fail_refunds_next: Option<u32>,
     pub currencies: Option<Vec<String>>,
     pub settle_after_ms: Option<u64>,
 }
@@ -128,6 +133,7 @@ impl Faults {
             rate_limit_next,
             drop_responses_next,
             drop_response_rate,
+            fail_refunds_next,
             settle_after_ms
         );
         if let Some(c) = patch.currencies {
@@ -813,6 +819,15 @@ async fn create_refund(
     headers: HeaderMap,
     SimForm { fields, fingerprint: fp }: SimForm,
 ) -> Response {
+    {
+        let mut f = sim.0.faults.lock();
+        if f.fail_refunds_next > 0 {
+            f.fail_refunds_next -= 1;
+            let e =
+                stripe_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "Refunds are failing (simulated).");
+            return reply(e);
+        }
+    }
     sim.serve_v1(&headers, fp, move |sim, books| {
         let Some(pi) = fields.get("payment_intent") else {
             return invalid("parameter_missing", "payment_intent", "Missing required param: payment_intent.");

@@ -236,7 +236,15 @@ pub(super) async fn settle(pool: &PgPool, s: &Settlement) -> anyhow::Result<Sett
     let in_checkout = hold.status == HoldStatus::Checkout;
     let seats = ids(&hold.seats);
     let (status, failure_code, lost) = match s.hold {
-        HoldFate::Sell if !in_checkout => (OrderStatus::Failed, Some("hold_expired".to_owned()), true),
+        HoldFate::Sell if !in_checkout => {
+            // Paid for seats it no longer holds: the attempt stays open, so
+            // reconciliation refunds it until the gateway confirms.
+            sqlx::query("UPDATE payment_attempts SET status = 'processing' WHERE id = $1")
+                .bind(s.attempt_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            (OrderStatus::Failed, Some("hold_expired".to_owned()), true)
+        }
         HoldFate::Sell => {
             lock_in_order(&mut tx, hold.event_id.as_str(), &seats).await?;
             let sold = sqlx::query(
@@ -502,7 +510,12 @@ pub(super) async fn close_attempt(
     Ok(n == 1)
 }
 
-pub(super) async fn alert_once(pool: &PgPool, order: &str, m: &OutboxMessage, now: Timestamp) -> anyhow::Result<bool> {
+pub(super) async fn alert_once(
+    pool: &PgPool,
+    dedup_key: &str,
+    m: &OutboxMessage,
+    now: Timestamp,
+) -> anyhow::Result<bool> {
     let n = sqlx::query(
         "INSERT INTO outbox (topic, payload, created_at, next_attempt_at, dedup_key) VALUES ($1, $2, $3, $3, $4) \
          ON CONFLICT DO NOTHING",
@@ -510,7 +523,7 @@ pub(super) async fn alert_once(pool: &PgPool, order: &str, m: &OutboxMessage, no
     .bind(&m.topic)
     .bind(&m.payload)
     .bind(now.as_millis())
-    .bind(format!("{}:{order}", m.topic))
+    .bind(dedup_key)
     .execute(pool)
     .await?
     .rows_affected();

@@ -1195,8 +1195,8 @@ impl Store for PgStore {
         checkout::close_attempt(&self.pool, attempt.as_str(), status, intent_id, now).await.map_err(classify)
     }
 
-    async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
-        checkout::alert_once(&self.pool, order.as_str(), &message, now).await.map_err(classify)
+    async fn alert_once(&self, dedup_key: &str, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
+        checkout::alert_once(&self.pool, dedup_key, &message, now).await.map_err(classify)
     }
 
     async fn refund_order(&self, order: &OrderId, outbox: OutboxMessage, now: Timestamp) -> StoreResult<Refunded> {
@@ -1237,12 +1237,14 @@ impl Store for PgStore {
         Ok(rows)
     }
 
-    async fn outbox_progress(&self, id: i64, p: OutboxProgress, now: Timestamp) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE outbox SET done_channels = $2, delivered_at = CASE WHEN $3 THEN $4 END, \
-                 next_attempt_at = $5, last_error = $6 WHERE id = $1",
+    async fn outbox_progress(&self, id: i64, attempts: u32, p: OutboxProgress, now: Timestamp) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET done_channels = $3, delivered_at = CASE WHEN $4 THEN $5 END, \
+                 next_attempt_at = $6, last_error = $7 \
+             WHERE id = $1 AND attempts = $2 AND delivered_at IS NULL",
         )
         .bind(id)
+        .bind(attempts as i32)
         .bind(&p.done_channels)
         .bind(p.delivered)
         .bind(now.as_millis())
@@ -1251,7 +1253,7 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .map_err(err)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn customer_email(&self, id: &CustomerId) -> StoreResult<Option<String>> {

@@ -206,7 +206,13 @@ pub(super) fn settle(conn: &Connection, s: &Settlement) -> anyhow::Result<Settle
     let in_checkout = hold.status == HoldStatus::Checkout;
     let seats = encode_seats(&hold.seats);
     let (status, failure_code, lost) = match s.hold {
-        HoldFate::Sell if !in_checkout => (OrderStatus::Failed, Some("hold_expired".to_owned()), true),
+        HoldFate::Sell if !in_checkout => {
+            // Paid for seats it no longer holds: the attempt stays open, so
+            // reconciliation refunds it until the gateway confirms.
+            conn.prepare_cached("UPDATE payment_attempts SET status = 'processing' WHERE id = ?1")?
+                .execute([s.attempt_id.as_str()])?;
+            (OrderStatus::Failed, Some("hold_expired".to_owned()), true)
+        }
         HoldFate::Sell => {
             let sold = conn
                 .prepare_cached(
@@ -424,13 +430,18 @@ pub(super) fn close_attempt(
     Ok(n == 1)
 }
 
-pub(super) fn alert_once(conn: &Connection, order: &str, m: &OutboxMessage, now: Timestamp) -> anyhow::Result<bool> {
+pub(super) fn alert_once(
+    conn: &Connection,
+    dedup_key: &str,
+    m: &OutboxMessage,
+    now: Timestamp,
+) -> anyhow::Result<bool> {
     let n = conn
         .prepare_cached(
             "INSERT INTO outbox (topic, payload, created_at, next_attempt_at, dedup_key) VALUES (?1, ?2, ?3, ?3, ?4) \
              ON CONFLICT DO NOTHING",
         )?
-        .execute(params![m.topic, m.payload, now.as_millis(), format!("{}:{order}", m.topic)])?;
+        .execute(params![m.topic, m.payload, now.as_millis(), dedup_key])?;
     Ok(n == 1)
 }
 

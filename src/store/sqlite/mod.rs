@@ -892,9 +892,11 @@ impl Store for SqliteStore {
     async fn customer_holds(&self, customer: &Customer, now: Timestamp, limit: u32) -> StoreResult<Vec<Hold>> {
         let (id, buyer) = (customer.id.to_string(), customer.email.as_str().to_owned());
         self.read(move |c| {
-            // Through holds_live_by_buyer: a customer's holds carry their email.
+            // Through holds_live_by_buyer (its WHERE stated verbatim, or SQLite
+            // will not use it): a customer's holds carry their email.
             let mut st = c.prepare_cached(&format!(
                 "SELECT {HOLD_COLUMNS} FROM holds WHERE buyer = ?1 AND customer_id = ?2 \
+                   AND status IN ('held', 'checkout', 'purchased') \
                    AND status IN ('held', 'checkout') AND (status = 'checkout' OR expires_at > ?3) \
                  ORDER BY created_at DESC LIMIT ?4"
             ))?;
@@ -1132,9 +1134,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn alert_once(&self, order: &OrderId, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
-        let order = order.to_string();
-        self.write(move |c| checkout::alert_once(c, &order, &message, now).map(|r| (r, Keep::Commit))).await
+    async fn alert_once(&self, dedup_key: &str, message: OutboxMessage, now: Timestamp) -> StoreResult<bool> {
+        let key = dedup_key.to_owned();
+        self.write(move |c| checkout::alert_once(c, &key, &message, now).map(|r| (r, Keep::Commit))).await
     }
 
     async fn refund_order(&self, order: &OrderId, outbox: OutboxMessage, now: Timestamp) -> StoreResult<Refunded> {
@@ -1171,21 +1173,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn outbox_progress(&self, id: i64, p: OutboxProgress, now: Timestamp) -> StoreResult<()> {
+    async fn outbox_progress(&self, id: i64, attempts: u32, p: OutboxProgress, now: Timestamp) -> StoreResult<bool> {
         self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE outbox SET done_channels = ?2, delivered_at = CASE WHEN ?3 THEN ?4 END, \
-                     next_attempt_at = ?5, last_error = ?6 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                p.done_channels,
-                p.delivered,
-                now.as_millis(),
-                p.next_attempt_at.as_millis(),
-                p.last_error
-            ])?;
-            Ok(((), Keep::Commit))
+            let n = c
+                .prepare_cached(
+                    "UPDATE outbox SET done_channels = ?3, delivered_at = CASE WHEN ?4 THEN ?5 END, \
+                         next_attempt_at = ?6, last_error = ?7 \
+                     WHERE id = ?1 AND attempts = ?2 AND delivered_at IS NULL",
+                )?
+                .execute(params![
+                    id,
+                    attempts,
+                    p.done_channels,
+                    p.delivered,
+                    now.as_millis(),
+                    p.next_attempt_at.as_millis(),
+                    p.last_error
+                ])?;
+            Ok((n == 1, Keep::Commit))
         })
         .await
     }
