@@ -857,6 +857,13 @@ pub mod cases {
         assert!(hold(store, &e, &fan, seats(&["A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8"]), at(6)).await.is_ok());
     }
 
+    pub async fn settings_are_set_once_then_replaced_on_purpose(store: &DynStore) {
+        assert_eq!(store.ensure_setting("s", b"first".to_vec()).await.unwrap(), b"first");
+        assert_eq!(store.ensure_setting("s", b"second".to_vec()).await.unwrap(), b"first", "the first node decides");
+        store.put_setting("s", b"third".to_vec()).await.unwrap();
+        assert_eq!(store.ensure_setting("s", b"fourth".to_vec()).await.unwrap(), b"third");
+    }
+
     pub async fn outbox_rows_are_leased_and_progress_is_fenced(store: &DynStore) {
         let m = || OutboxMessage { topic: "ops.alert".into(), payload: "{}".into() };
         assert!(store.alert_once("k:1", m(), T0).await.unwrap());
@@ -985,6 +992,7 @@ macro_rules! all_cases {
             idempotency_keys_are_claimed_once_per_customer_and_replayed,
             refunding_an_order_gives_back_its_seats_and_places_once,
             outbox_rows_are_leased_and_progress_is_fenced,
+            settings_are_set_once_then_replaced_on_purpose,
         );
     };
 }

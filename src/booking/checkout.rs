@@ -40,6 +40,9 @@ use crate::store::{Customer, DynStore, StoreError};
 /// capture, so that a duplicate racing the first has landed.
 const DUPLICATE_LAG: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The setting that holds how far the duplicate-capture check has reached.
+const CHECKED_UNTIL: &str = "duplicate_check_until";
+
 /// An attempt that never reached the gateway is closed after this long.
 const ORPHAN_GIVE_UP_MS: i64 = 24 * 3600 * 1000;
 
@@ -101,8 +104,6 @@ pub enum RefundError {
 pub struct CheckoutService(Arc<Inner>);
 
 struct Inner {
-    /// Where the duplicate-capture check of confirmed orders has reached.
-    checked_until: parking_lot::Mutex<Option<Timestamp>>,
     booking: BookingService,
     gateway: Arc<dyn Gateway>,
     signer: TicketSigner,
@@ -116,7 +117,7 @@ impl CheckoutService {
         signer: TicketSigner,
         payment_window_secs: u32,
     ) -> Self {
-        Self(Arc::new(Inner { checked_until: Default::default(), booking, gateway, signer, payment_window_secs }))
+        Self(Arc::new(Inner { booking, gateway, signer, payment_window_secs }))
     }
 
     fn store(&self) -> &DynStore {
@@ -266,7 +267,11 @@ impl CheckoutService {
     async fn refund_second_captures(&self, limit: u32) -> Result<u32, StoreError> {
         let now = self.0.booking.clock().now();
         let to = Timestamp::from_millis(now.as_millis() - DUPLICATE_LAG.as_millis() as i64);
-        let from = self.0.checked_until.lock().unwrap_or(Timestamp::from_millis(to.as_millis() - 3_600_000));
+        // Where the check has reached is kept in the database, so a restart
+        // (or another node) goes on from there.
+        let first = Timestamp::from_millis(to.as_millis() - 3_600_000);
+        let stored = self.store().ensure_setting(CHECKED_UNTIL, first.as_millis().to_be_bytes().to_vec()).await?;
+        let from = Timestamp::from_millis(i64::from_be_bytes(stored.try_into().unwrap_or([0; 8])));
         if to <= from {
             return Ok(0);
         }
@@ -306,7 +311,7 @@ impl CheckoutService {
         if orders.len() == limit as usize {
             reached = reached.min(orders.last().map_or(to, |o| o.updated_at));
         }
-        *self.0.checked_until.lock() = Some(reached);
+        self.store().put_setting(CHECKED_UNTIL, reached.as_millis().to_be_bytes().to_vec()).await?;
         Ok(refunded)
     }
 

@@ -456,6 +456,8 @@ pub trait Store: Send + Sync + 'static {
     /// The stored value of setting `name`, storing `value` first if there is
     /// none: the first node to ask decides, every later one reads it.
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>>;
+    /// Stores `value` as setting `name`, replacing any value it had.
+    async fn put_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

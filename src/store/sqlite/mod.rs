@@ -1235,6 +1235,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![name, value])?;
+            Ok(((), Keep::Commit))
+        })
+        .await
+    }
+
     async fn ensure_setting(&self, name: &str, value: Vec<u8>) -> StoreResult<Vec<u8>> {
         let name = name.to_owned();
         self.write(move |c| {
