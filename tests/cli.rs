@@ -192,3 +192,209 @@ async fn serve_pays_through_a_stripe_compatible_gateway_when_configured() {
         http.get(format!("{gateway}/sim/ledger")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ledger["entries"][0]["metadata"]["order_id"], order["id"], "the separate gateway took the payment");
 }
+
+/// `serve --role all` on `dir`, paying through `gateway`, reconciling every
+/// second; returns the process and its base URL.
+fn start_serve(dir: &std::path::Path, gateway: &str) -> (Kill, String) {
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--role", "all"])
+        .env("BOXOFFICE_DATA_DIR", dir)
+        .env("BOXOFFICE_LISTEN", "127.0.0.1:0")
+        .env("BOXOFFICE_ADMIN_TOKEN", CRASH_ADMIN)
+        .env("BOXOFFICE_PAYMENTS", "stripe")
+        .env("BOXOFFICE_STRIPE_URL", gateway)
+        .env("BOXOFFICE_STRIPE_KEY", "sk_test_crash")
+        .env("BOXOFFICE_RECONCILE_INTERVAL_SECONDS", "1")
+        .env("BOXOFFICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = Kill(serve.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        let found = lines.by_ref().find(|l| l.contains("boxoffice is serving"));
+        let _ = tx.send(found.unwrap_or_default());
+        lines.for_each(drop);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("serve started");
+    let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).expect("an address").to_owned();
+    (child, format!("http://{addr}"))
+}
+
+const CRASH_ADMIN: &str = "crash-admin-token-0123456789";
+
+async fn json_post(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let mut request = http.post(url).header("Idempotency-Key", uuid::Uuid::new_v4().to_string()).json(&body);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// The service is killed (SIGKILL) at each recovery point of a checkout and
+/// started again on the same database; reconciliation reaches a consistent
+/// state against the same gateway, which outlives it: no double charge, no
+/// lost order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_mid_checkout_recovers_on_restart() {
+    let mut sim = Command::new(BIN);
+    sim.args(["gateway-sim", "--listen", "127.0.0.1:0", "--api-key", "sk_test_crash", "--settle-after-ms", "1500"]);
+    let (_sim, line) = start_and_read(sim, "listening on");
+    let gateway = line.split_whitespace().find(|w| w.starts_with("http://")).expect("a base URL").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let (mut node, base) = start_serve(dir.path(), &gateway);
+    let venue = json_post(&http, format!("{base}/v1/venues"), Some(CRASH_ADMIN), boxoffice::demo::venue_json()).await;
+    let now = boxoffice::domain::time::Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
+    let event_json = boxoffice::demo::event_json(venue["id"].as_str().unwrap(), now);
+    let event = json_post(&http, format!("{base}/v1/events"), Some(CRASH_ADMIN), event_json).await;
+    let event = event["id"].as_str().unwrap().to_owned();
+    let session =
+        json_post(&http, format!("{base}/v1/sessions"), None, serde_json::json!({"email": "f@example.com"})).await;
+    let token = session["session_token"].as_str().unwrap().to_owned();
+    let ledger = || async {
+        let l: serde_json::Value = reqwest::get(format!("{gateway}/sim/ledger")).await.unwrap().json().await.unwrap();
+        l["entries"].as_array().unwrap().clone()
+    };
+    let faults = |patch: serde_json::Value| {
+        let (http, gateway) = (http.clone(), gateway.clone());
+        async move {
+            assert!(http
+                .patch(format!("{gateway}/sim/config"))
+                .json(&patch)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success())
+        }
+    };
+
+    // Point 1: killed after the gateway captured, before the answer was written.
+    faults(serde_json::json!({"slow_responses_next": 1, "slow_response_ms": 30000})).await;
+    let hold =
+        json_post(&http, format!("{base}/v1/events/{event}/holds"), Some(&token), serde_json::json!({"seats": ["A1"]}))
+            .await;
+    let hold = hold["id"].as_str().unwrap().to_owned();
+    let pay = {
+        let (http, base, token, hold) = (http.clone(), base.clone(), token.clone(), hold.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/holds/{hold}/checkout"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", "crash-1")
+                .json(&serde_json::json!({"payment_method": "pm_card_visa"}))
+                .send()
+                .await
+        })
+    };
+    for _ in 0..200 {
+        if !ledger().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ledger().await.len(), 1, "the gateway captured");
+    let _ = node.0.kill();
+    let _ = node.0.wait();
+    assert!(pay.await.unwrap().is_err(), "the fan never got an answer");
+
+    // Point 2: killed after the attempt was written, before the gateway ran it.
+    let (mut node, base) = start_serve(dir.path(), &gateway);
+    let hold2 =
+        json_post(&http, format!("{base}/v1/events/{event}/holds"), Some(&token), serde_json::json!({"seats": ["A2"]}))
+            .await;
+    let hold2 = hold2["id"].as_str().unwrap().to_owned();
+    faults(serde_json::json!({"latency_ms": 30000})).await;
+    let pay2 = {
+        let (http, base, token, hold2) = (http.clone(), base.clone(), token.clone(), hold2.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/holds/{hold2}/checkout"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", "crash-2")
+                .json(&serde_json::json!({"payment_method": "pm_card_visa"}))
+                .send()
+                .await
+        })
+    };
+    for _ in 0..200 {
+        let h: serde_json::Value = http
+            .get(format!("{base}/v1/holds/{hold2}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["status"] == "checkout" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = node.0.kill();
+    let _ = node.0.wait();
+    let _ = pay2.await;
+    faults(serde_json::json!({"latency_ms": 0})).await;
+
+    // Point 3: a pending payment, killed before it was confirmed.
+    let (mut node, base) = start_serve(dir.path(), &gateway);
+    let hold3 =
+        json_post(&http, format!("{base}/v1/events/{event}/holds"), Some(&token), serde_json::json!({"seats": ["A3"]}))
+            .await;
+    let hold3 = hold3["id"].as_str().unwrap().to_owned();
+    let pending = json_post(
+        &http,
+        format!("{base}/v1/holds/{hold3}/checkout"),
+        Some(&token),
+        serde_json::json!({"payment_method": "pm_card_processing"}),
+    )
+    .await;
+    assert_eq!(pending["status"], "payment_pending", "{pending}");
+    let _ = node.0.kill();
+    let _ = node.0.wait();
+
+    // Restart: reconciliation settles what it can know.
+    let (_node, base) = start_serve(dir.path(), &gateway);
+    let mut orders = serde_json::Value::Null;
+    for _ in 0..100 {
+        orders = http
+            .get(format!("{base}/v1/customers/me/orders"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let statuses: Vec<&str> =
+            orders["data"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+        if statuses.iter().filter(|s| **s == "confirmed").count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let by_hold =
+        |h: &str| orders["data"].as_array().unwrap().iter().find(|o| o["hold_id"] == h).cloned().unwrap_or_default();
+    assert_eq!(by_hold(&hold)["status"], "confirmed", "captured before the crash: confirmed, not lost: {orders}");
+    assert_eq!(by_hold(&hold3)["status"], "confirmed", "pending before the crash: confirmed when it settled: {orders}");
+    assert_eq!(
+        by_hold(&hold2)["status"],
+        "pending",
+        "never reached the gateway: no charge, still in its window: {orders}"
+    );
+    let captures = ledger().await.iter().filter(|e| e["kind"] == "capture").count();
+    assert_eq!(captures, 2, "no double charge");
+    let out = Command::new(BIN)
+        .args(["audit", "--ledger-url", &gateway])
+        .env("BOXOFFICE_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "audit is clean: {}", String::from_utf8_lossy(&out.stdout));
+}
