@@ -71,6 +71,13 @@ pub struct GatewaySimArgs {
     /// Share (0-1) of API requests that run and then lose their response.
     #[arg(long, default_value_t = 0.0)]
     pub drop_response_rate: f64,
+    /// Share (0-1) of API requests that run and then answer only after
+    /// --slow-response-ms, so that callers time out.
+    #[arg(long, default_value_t = 0.0)]
+    pub timeout_rate: f64,
+    /// How late a slow answer comes, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub slow_response_ms: u64,
     /// Start in an outage (every API request gets 503) lasting this long.
     #[arg(long)]
     pub outage_for_ms: Option<u64>,
@@ -162,6 +169,8 @@ async fn gateway_sim(args: GatewaySimArgs) -> anyhow::Result<()> {
         latency_ms: Some(args.latency_ms),
         rate_limit_rate: Some(args.rate_limit_rate),
         drop_response_rate: Some(args.drop_response_rate),
+        slow_response_rate: Some(args.timeout_rate),
+        slow_response_ms: Some(args.slow_response_ms),
         outage_for_ms: args.outage_for_ms,
         settle_after_ms: Some(args.settle_after_ms),
         ..Default::default()

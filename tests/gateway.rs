@@ -435,3 +435,17 @@ async fn a_call_gives_up_at_its_deadline_with_the_outcome_unknown() {
     assert!(err.outcome_unknown(), "{err}");
     assert_eq!(captures(&r.sim.ledger()).len(), 1, "it did charge; only reconciliation can know");
 }
+
+#[tokio::test]
+async fn a_share_of_slow_answers_is_absorbed_by_same_key_retries() {
+    let r = rig_with(None, |s| s.timeout = Duration::from_millis(150)).await;
+    // Every answer is late until the rate is lifted; the payment ran once.
+    patch(&r.sim, FaultsPatch { slow_response_rate: Some(1.0), slow_response_ms: Some(2_000), ..Default::default() });
+    let err = r.client.create_payment(&payment("pm_card_visa", "ord_rate"), "k-rate").await.unwrap_err();
+    assert!(err.outcome_unknown(), "{err}");
+    patch(&r.sim, FaultsPatch { slow_response_rate: Some(0.0), ..Default::default() });
+    r.clock.advance(Duration::from_secs(30)); // the breaker's cooldown
+    let paid = r.client.create_payment(&payment("pm_card_visa", "ord_rate"), "k-rate").await.unwrap();
+    assert_eq!(paid.status, IntentStatus::Succeeded);
+    assert_eq!(captures(&r.sim.ledger()).len(), 1, "the same key never charged twice");
+}

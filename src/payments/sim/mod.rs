@@ -53,6 +53,8 @@ pub struct Faults {
     /// The next N `/v1` responses are held back `slow_response_ms` after the
     /// request has run, so that the caller times out.
     pub slow_responses_next: u32,
+    /// Share (0–1) of `/v1` responses held back the same way.
+    pub slow_response_rate: f64,
     pub slow_response_ms: u64,
     /// Until this time (epoch ms) every `/v1` request gets 503 and runs
     /// nothing. `PATCH` also takes `outage_for_ms` (from now) and
@@ -82,6 +84,7 @@ impl Default for Faults {
         Self {
             latency_ms: 0,
             slow_responses_next: 0,
+            slow_response_rate: 0.0,
             slow_response_ms: 30_000,
             outage_until_ms: None,
             rate_limit_rate: 0.0,
@@ -103,6 +106,7 @@ impl Default for Faults {
 pub struct FaultsPatch {
     pub latency_ms: Option<u64>,
     pub slow_responses_next: Option<u32>,
+    pub slow_response_rate: Option<f64>,
     pub slow_response_ms: Option<u64>,
     pub outage: Option<bool>,
     pub outage_for_ms: Option<u64>,
@@ -117,7 +121,7 @@ pub struct FaultsPatch {
 
 impl Faults {
     fn apply(&mut self, patch: FaultsPatch, now: Timestamp) -> Result<(), String> {
-        for rate in [patch.rate_limit_rate, patch.drop_response_rate].into_iter().flatten() {
+        for rate in [patch.rate_limit_rate, patch.drop_response_rate, patch.slow_response_rate].into_iter().flatten() {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("a rate must be between 0 and 1, not {rate}"));
             }
@@ -128,6 +132,7 @@ impl Faults {
         take!(
             latency_ms,
             slow_responses_next,
+            slow_response_rate,
             slow_response_ms,
             rate_limit_rate,
             rate_limit_next,
@@ -481,10 +486,13 @@ impl Simulator {
     async fn deliver(&self, response: Response) -> Response {
         let (slow, drop) = {
             let mut f = self.0.faults.lock();
-            let slow = (f.slow_responses_next > 0).then(|| {
+            let slow = if f.slow_responses_next > 0 {
                 f.slow_responses_next -= 1;
-                f.slow_response_ms
-            });
+                Some(f.slow_response_ms)
+            } else {
+                (f.slow_response_rate > 0.0 && rand::rng().random::<f64>() < f.slow_response_rate)
+                    .then_some(f.slow_response_ms)
+            };
             let drop = if f.drop_responses_next > 0 {
                 f.drop_responses_next -= 1;
                 true
@@ -943,6 +951,7 @@ mod tests {
         let mut f = Faults::default();
         let now = Timestamp::from_millis(1_000);
         assert!(f.apply(FaultsPatch { rate_limit_rate: Some(1.5), ..Default::default() }, now).is_err());
+        assert!(f.apply(FaultsPatch { slow_response_rate: Some(-0.1), ..Default::default() }, now).is_err());
         f.apply(FaultsPatch { outage_for_ms: Some(500), ..Default::default() }, now).unwrap();
         assert_eq!(f.outage_until_ms, Some(1_500));
         f.apply(FaultsPatch { outage: Some(false), ..Default::default() }, now).unwrap();
