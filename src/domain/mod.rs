@@ -2,7 +2,9 @@
 //! explicit constructors (`generate`). Everything here is unit-tested in
 //! place.
 
+pub mod admission;
 pub mod customer;
+pub mod draw;
 pub mod event;
 pub mod hold;
 pub mod ids;
