@@ -8,6 +8,7 @@ pub mod catalog_cache;
 pub mod redis_locks;
 pub mod seat_feed;
 pub mod seat_locks;
+pub mod waiting_room;
 
 pub use catalog_cache::{CatalogCache, CatalogChange, RedisBus};
 pub use redis_locks::RedisSeatLocks;

@@ -1,0 +1,490 @@
+//! The in-process waiting room (embedded mode): one [`Room`] per event.
+//!
+//! A fan joins once (a repeat join returns the same entry) and gets a join
+//! slot. At the on-sale the pre-queue is frozen: its slots are placed in a
+//! uniformly random order by the keyed draw (`domain::draw`), and later fans
+//! queue FIFO behind them. Position `p` is admitted once `serving >= p`.
+//! `serving` advances at `rate_per_minute`, never past `max_active` fans
+//! shopping at once. Admissions go in batches; a fan admitted in a batch
+//! claims an admission token within `claim_window`, or loses the turn and
+//! the place is given back; a claimed fan shops until `shopping_time`
+//! after the claim window, or until they finish (checkout or release),
+//! which frees the place at once.
+//!
+//! Everything is O(1) or O(log batches) per fan, with no per-fan timers:
+//! about 30 bytes per waiting fan (a 16-byte customer key and a 4-byte slot
+//! in a hash map, plus two bits). Time comes in as `now`, so tests drive it
+//! with a fake clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::domain::draw::{permute, DrawKey};
+use crate::domain::ids::CustomerId;
+use crate::domain::time::Timestamp;
+
+/// How admission is paced for one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomSettings {
+    pub rate_per_minute: u32,
+    pub max_active: u32,
+    pub on_sale_at: Timestamp,
+    /// How long an admitted fan has to claim the turn.
+    pub claim_window: Duration,
+    /// How long a claimed turn lasts after the claim window.
+    pub shopping_time: Duration,
+}
+
+/// One batch of admissions: positions `upto - count + 1 ..= upto`.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    upto: u32,
+    count: u32,
+    at: Timestamp,
+    claimed: u32,
+    finished: u32,
+    /// The claim window has passed and its unclaimed places were given back.
+    unclaimed_released: bool,
+}
+
+/// What a fan's entry says now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Joined before the on-sale; the draw places them at `on_sale_at`.
+    PreQueue { on_sale_at: Timestamp },
+    /// `ahead` fans are before them; at the measured rate, about
+    /// `estimated_wait` until their turn.
+    Waiting { position: u32, ahead: u32, estimated_wait: Duration },
+    /// Their turn: they may shop until `until` with an admission token.
+    Admitted { position: u32, until: Timestamp },
+    /// The turn was not claimed in time, ran out, or was finished.
+    Expired { position: u32 },
+}
+
+/// The waiting room of one event.
+pub struct Room {
+    settings: RoomSettings,
+    key: DrawKey,
+    slots: HashMap<u128, u32>,
+    joined: u32,
+    /// Frozen at the on-sale: slots below it joined before and are drawn.
+    prequeue: Option<u32>,
+    serving: u32,
+    active: u32,
+    /// Admission credit, in thousandths of an admission.
+    credit: u64,
+    last_tick: Option<Timestamp>,
+    batches: VecDeque<Batch>,
+    /// Positions before this one have batches that fully ended.
+    claimed: BitSet,
+    finished: BitSet,
+    /// (time, serving) samples for the measured admission rate.
+    samples: VecDeque<(Timestamp, u32)>,
+}
+
+/// How far back the measured admission rate looks.
+const RATE_WINDOW: Duration = Duration::from_secs(300);
+
+impl Room {
+    pub fn new(settings: RoomSettings, key: DrawKey) -> Room {
+        Room {
+            settings,
+            key,
+            slots: HashMap::new(),
+            joined: 0,
+            prequeue: None,
+            serving: 0,
+            active: 0,
+            credit: 0,
+            last_tick: None,
+            batches: VecDeque::new(),
+            claimed: BitSet::default(),
+            finished: BitSet::default(),
+            samples: VecDeque::new(),
+        }
+    }
+
+    pub fn settings(&self) -> RoomSettings {
+        self.settings
+    }
+
+    /// Changes the pace while the room is live (admin `PATCH`).
+    pub fn set_pace(&mut self, rate_per_minute: u32, max_active: u32) {
+        self.settings.rate_per_minute = rate_per_minute;
+        self.settings.max_active = max_active;
+    }
+
+    /// The fan's join slot, and whether this call made it.
+    pub fn join(&mut self, customer: &CustomerId, now: Timestamp) -> (u32, bool) {
+        self.advance(now);
+        let key = customer_key(customer);
+        if let Some(slot) = self.slots.get(&key) {
+            return (*slot, false);
+        }
+        let slot = self.joined;
+        self.slots.insert(key, slot);
+        self.joined += 1;
+        (slot, true)
+    }
+
+    /// The join slot of a customer who joined.
+    pub fn slot_of(&self, customer: &CustomerId) -> Option<u32> {
+        self.slots.get(&customer_key(customer)).copied()
+    }
+
+    /// The 1-based queue position of a slot, once the draw has placed it.
+    pub fn position(&self, slot: u32) -> Option<u32> {
+        let prequeue = self.prequeue?;
+        Some(if slot < prequeue {
+            permute(&self.key, u64::from(prequeue), u64::from(slot)) as u32 + 1
+        } else {
+            slot + 1
+        })
+    }
+
+    /// Brings admissions up to `now`: freezes the pre-queue at the on-sale,
+    /// gives back turns that were not claimed or ran out, and admits as many
+    /// as the rate has earned and capacity allows.
+    pub fn advance(&mut self, now: Timestamp) {
+        if now < self.settings.on_sale_at {
+            return;
+        }
+        if self.prequeue.is_none() {
+            self.prequeue = Some(self.joined);
+            self.last_tick = Some(self.settings.on_sale_at);
+        }
+        self.release_lapsed(now);
+        let last = self.last_tick.unwrap_or(now);
+        let elapsed = (now.as_millis() - last.as_millis()).max(0) as u64;
+        self.last_tick = Some(now);
+        self.credit += elapsed * u64::from(self.settings.rate_per_minute) * 1000 / 60_000;
+        let earned = (self.credit / 1000) as u32;
+        let room_left = self.settings.max_active.saturating_sub(self.active);
+        let waiting = self.joined - self.serving;
+        let admit = earned.min(room_left).min(waiting);
+        // Credit left unused because the room is full is kept (up to a
+        // roomful), so a place that frees up is filled at once. Credit left
+        // unused because nobody is waiting is dropped, so a quiet stretch
+        // cannot admit a later crowd faster than the rate.
+        let rest = self.credit - u64::from(admit) * 1000;
+        self.credit = if admit == waiting && admit < earned {
+            rest % 1000
+        } else {
+            rest.min(u64::from(self.settings.max_active) * 1000)
+        };
+        if admit > 0 {
+            self.serving += admit;
+            self.active += admit;
+            self.batches.push_back(Batch {
+                upto: self.serving,
+                count: admit,
+                at: now,
+                claimed: 0,
+                finished: 0,
+                unclaimed_released: false,
+            });
+        }
+        self.samples.push_back((now, self.serving));
+        while self.samples.len() > 2
+            && self.samples[1].0.as_millis() <= now.as_millis() - RATE_WINDOW.as_millis() as i64
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn release_lapsed(&mut self, now: Timestamp) {
+        let claim_ms = self.settings.claim_window.as_millis() as i64;
+        let shop_ms = self.settings.shopping_time.as_millis() as i64;
+        for b in self.batches.iter_mut() {
+            if b.unclaimed_released || b.at.as_millis() + claim_ms > now.as_millis() {
+                break;
+            }
+            b.unclaimed_released = true;
+            self.active -= b.count - b.claimed;
+        }
+        while let Some(b) = self.batches.front() {
+            if !b.unclaimed_released || b.at.as_millis() + claim_ms + shop_ms > now.as_millis() {
+                break;
+            }
+            self.active -= b.claimed - b.finished;
+            self.batches.pop_front();
+        }
+    }
+
+    /// The batch a position was admitted in, while its turn lasts.
+    fn batch_index(&self, position: u32) -> Option<usize> {
+        let i = self.batches.partition_point(|b| b.upto < position);
+        let b = self.batches.get(i)?;
+        (position + b.count > b.upto).then_some(i)
+    }
+
+    /// The entry's status now. An admitted fan who asks claims the turn.
+    pub fn status(&mut self, slot: u32, now: Timestamp) -> Status {
+        self.advance(now);
+        let Some(position) = self.position(slot) else {
+            return Status::PreQueue { on_sale_at: self.settings.on_sale_at };
+        };
+        if position > self.serving {
+            let ahead = position - self.serving;
+            return Status::Waiting { position, ahead, estimated_wait: self.estimated_wait(ahead) };
+        }
+        let claim_ms = self.settings.claim_window.as_millis() as i64;
+        let until_of = |b: &Batch| b.at.plus(self.settings.claim_window).plus(self.settings.shopping_time);
+        let Some(i) = self.batch_index(position) else { return Status::Expired { position } };
+        if self.finished.get(position) {
+            return Status::Expired { position };
+        }
+        if self.claimed.get(position) {
+            return Status::Admitted { position, until: until_of(&self.batches[i]) };
+        }
+        if self.batches[i].unclaimed_released || self.batches[i].at.as_millis() + claim_ms <= now.as_millis() {
+            return Status::Expired { position };
+        }
+        self.claimed.set(position);
+        self.batches[i].claimed += 1;
+        Status::Admitted { position, until: until_of(&self.batches[i]) }
+    }
+
+    /// A shopper is done (checked out or released): the place is free at once.
+    pub fn finish(&mut self, slot: u32, now: Timestamp) {
+        self.advance(now);
+        let Some(position) = self.position(slot) else { return };
+        let Some(i) = self.batch_index(position) else { return };
+        if self.claimed.get(position) && !self.finished.get(position) {
+            self.finished.set(position);
+            self.batches[i].finished += 1;
+            self.active -= 1;
+        }
+    }
+
+    /// Waiting fans, admitted fans shopping or yet to claim, and serving.
+    pub fn counts(&self) -> RoomCounts {
+        RoomCounts {
+            joined: self.joined,
+            serving: self.serving,
+            active: self.active,
+            waiting: self.joined - self.serving,
+        }
+    }
+
+    /// Admissions per minute over the last few minutes, or the configured
+    /// rate before there is a measurement.
+    pub fn measured_rate_per_minute(&self) -> f64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) if b.0.as_millis() - a.0.as_millis() >= 10_000 => {
+                f64::from(b.1 - a.1) * 60_000.0 / (b.0.as_millis() - a.0.as_millis()) as f64
+            }
+            _ => f64::from(self.settings.rate_per_minute),
+        }
+    }
+
+    /// `ahead` fans at the measured rate; at the configured rate while the
+    /// room is full and nobody is leaving (the measurement says 0 then).
+    fn estimated_wait(&self, ahead: u32) -> Duration {
+        let measured = self.measured_rate_per_minute();
+        let rate = if measured > 0.0 { measured } else { f64::from(self.settings.rate_per_minute) };
+        if rate <= 0.0 {
+            return Duration::from_secs(u64::from(u32::MAX));
+        }
+        Duration::from_secs_f64(f64::from(ahead) * 60.0 / rate)
+    }
+
+    /// The draw key's commitment, published before the on-sale.
+    pub fn draw_commitment(&self) -> String {
+        self.key.commitment()
+    }
+
+    /// The draw key itself, published once the draw has happened.
+    pub fn draw_key(&self, now: Timestamp) -> Option<String> {
+        (now >= self.settings.on_sale_at).then(|| self.key.to_hex())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomCounts {
+    pub joined: u32,
+    pub serving: u32,
+    pub active: u32,
+    pub waiting: u32,
+}
+
+/// A customer id's UUID as 16 bytes: the map key (ids are `cus_` + 32 hex).
+fn customer_key(c: &CustomerId) -> u128 {
+    let hex = c.as_str().rsplit('_').next().unwrap_or("");
+    u128::from_str_radix(hex, 16).unwrap_or(0)
+}
+
+/// A growable bit set indexed by queue position.
+#[derive(Default)]
+struct BitSet(Vec<u64>);
+
+impl BitSet {
+    fn get(&self, i: u32) -> bool {
+        self.0.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: u32) {
+        let w = i as usize / 64;
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (i % 64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    const T0: Timestamp = Timestamp::from_millis(1_900_000_000_000);
+
+    fn at(secs: u64) -> Timestamp {
+        T0.plus(Duration::from_secs(secs))
+    }
+
+    fn room(rate: u32, max_active: u32) -> Room {
+        Room::new(
+            RoomSettings {
+                rate_per_minute: rate,
+                max_active,
+                on_sale_at: at(100),
+                claim_window: Duration::from_secs(60),
+                shopping_time: Duration::from_secs(600),
+            },
+            DrawKey([7; 32]),
+        )
+    }
+
+    fn fans(n: usize) -> Vec<CustomerId> {
+        (0..n).map(|_| CustomerId::generate()).collect()
+    }
+
+    #[test]
+    fn joining_twice_is_the_same_entry() {
+        let mut r = room(60, 100);
+        let fan = CustomerId::generate();
+        let (slot, new) = r.join(&fan, at(0));
+        assert!(new);
+        assert_eq!(r.join(&fan, at(1)), (slot, false));
+        assert_eq!(r.counts().joined, 1);
+    }
+
+    #[test]
+    fn the_prequeue_is_drawn_at_the_on_sale_and_later_fans_queue_behind_in_order() {
+        let mut r = room(60, 100);
+        let early = fans(50);
+        let slots: Vec<u32> = early.iter().map(|f| r.join(f, at(10)).0).collect();
+        assert!(matches!(r.status(slots[0], at(50)), Status::PreQueue { .. }));
+        let late = fans(5);
+        let late_slots: Vec<u32> = late.iter().map(|f| r.join(f, at(100)).0).collect();
+        let drawn: HashSet<u32> = slots.iter().map(|s| r.position(*s).unwrap()).collect();
+        assert_eq!(drawn, (1..=50).collect(), "every pre-queue fan has exactly one place in 1..=50");
+        let in_order: Vec<u32> = slots.iter().map(|s| r.position(*s).unwrap()).collect();
+        assert_ne!(in_order, (1..=50).collect::<Vec<_>>(), "drawn, not in arrival order");
+        let after: Vec<u32> = late_slots.iter().map(|s| r.position(*s).unwrap()).collect();
+        assert_eq!(after, vec![51, 52, 53, 54, 55], "FIFO after the on-sale");
+    }
+
+    #[test]
+    fn fans_are_admitted_at_the_configured_rate_and_no_faster() {
+        let mut r = room(60, 1_000); // one a second
+        for f in fans(200) {
+            r.join(&f, at(0));
+        }
+        r.advance(at(100));
+        assert_eq!(r.counts().serving, 0, "nobody before the first second of the sale");
+        r.advance(at(110));
+        assert_eq!(r.counts().serving, 10);
+        // Many small steps earn no more than one big one.
+        for ms in (0..10_000).step_by(250) {
+            r.advance(at(110).plus(Duration::from_millis(ms)));
+        }
+        r.advance(at(120));
+        assert_eq!(r.counts().serving, 20);
+        assert!((r.measured_rate_per_minute() - 60.0).abs() < 1.0, "{}", r.measured_rate_per_minute());
+    }
+
+    #[test]
+    fn a_quiet_stretch_does_not_let_a_later_crowd_in_faster() {
+        let mut r = room(60, 1_000);
+        r.advance(at(700)); // ten minutes of sale with nobody waiting
+        for f in fans(100) {
+            r.join(&f, at(700));
+        }
+        r.advance(at(705));
+        assert!(r.counts().serving <= 6, "{:?}", r.counts());
+    }
+
+    #[test]
+    fn capacity_caps_admission_and_a_finished_shopper_frees_a_place_at_once() {
+        let mut r = room(600, 3);
+        let slots: Vec<u32> = fans(10).iter().map(|f| r.join(f, at(0)).0).collect();
+        r.advance(at(200));
+        assert_eq!(r.counts().serving, 3, "max_active shoppers at once");
+        let admitted: Vec<u32> = slots.iter().copied().filter(|s| r.position(*s).unwrap() <= 3).collect();
+        for s in &admitted {
+            assert!(matches!(r.status(*s, at(200)), Status::Admitted { .. }));
+        }
+        r.finish(admitted[0], at(201));
+        assert_eq!(r.counts().active, 2);
+        r.advance(at(201));
+        assert_eq!(r.counts().serving, 4, "the freed place went to the next fan");
+        r.finish(admitted[0], at(202));
+        assert_eq!(r.counts().active, 3, "finishing twice frees once");
+    }
+
+    #[test]
+    fn an_unclaimed_turn_lapses_after_the_claim_window_and_its_place_is_reclaimed() {
+        let mut r = room(600, 2);
+        let slots: Vec<u32> = fans(5).iter().map(|f| r.join(f, at(0)).0).collect();
+        r.advance(at(101));
+        assert_eq!(r.counts().serving, 2);
+        let by_position = |r: &Room, p: u32| *slots.iter().find(|s| r.position(**s) == Some(p)).unwrap();
+        let (first, second) = (by_position(&r, 1), by_position(&r, 2));
+        assert!(matches!(r.status(first, at(120)), Status::Admitted { .. }), "claims in time");
+        // The second never asks; after the window the place is given back
+        // and goes to the next fan at once.
+        r.advance(at(161));
+        assert!(matches!(r.status(second, at(161)), Status::Expired { .. }), "too late to claim");
+        assert_eq!((r.counts().serving, r.counts().active), (3, 2), "the reclaimed place admitted the next fan");
+        // A claimed turn ends with the shopping time.
+        assert!(matches!(r.status(first, at(700)), Status::Admitted { .. }));
+        r.advance(at(762));
+        assert!(matches!(r.status(first, at(762)), Status::Expired { .. }));
+    }
+
+    #[test]
+    fn waiting_fans_see_their_place_and_an_honest_wait() {
+        let mut r = room(60, 1_000);
+        let slots: Vec<u32> = fans(100).iter().map(|f| r.join(f, at(0)).0).collect();
+        r.advance(at(130));
+        let last = *slots.iter().max_by_key(|s| r.position(**s)).unwrap();
+        match r.status(last, at(130)) {
+            Status::Waiting { position: 100, ahead, estimated_wait } => {
+                assert_eq!(ahead, 70);
+                assert!((estimated_wait.as_secs_f64() - 70.0).abs() < 2.0, "{estimated_wait:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_million_fans_fit_in_memory_and_each_has_one_place() {
+        let mut r = room(6_000, 10_000);
+        let n = 1_000_000u32;
+        for i in 0..n {
+            let id = CustomerId::parse(&format!("cus_{i:032x}")).unwrap();
+            r.join(&id, at(0));
+        }
+        r.advance(at(100));
+        assert_eq!(r.counts().joined, n);
+        let mut seen = BitSet::default();
+        for s in (0..n).step_by(97) {
+            let p = r.position(s).unwrap();
+            assert!(!seen.get(p) && (1..=n).contains(&p));
+            seen.set(p);
+        }
+    }
+}
