@@ -18,8 +18,10 @@ use crate::accelerators::redis_locks::RedisSettings;
 use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
 use crate::api::{self, AppState, HttpLimits, Payments};
 use crate::booking::checkout::CheckoutService;
+use crate::booking::queue::{QueueService, QueueSettings};
 use crate::booking::BookingService;
 use crate::config::{Config, Database, Payments as PaymentsSetting};
+use crate::domain::admission::AdmissionKey;
 use crate::domain::ticket::TicketSigner;
 use crate::domain::time::Clock;
 use crate::jobs::outbox::{self, Relay, RelaySettings};
@@ -64,6 +66,7 @@ async fn payments(
     config: &Config,
     store: &DynStore,
     booking: BookingService,
+    catalog: Arc<CatalogCache>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Payments> {
     let (url, key, simulator) = match config.payments {
@@ -86,7 +89,7 @@ async fn payments(
         max_retries: config.gateway_max_retries,
         ..ClientSettings::new(url, key)
     };
-    let gateway = Arc::new(StripeClient::new(settings, clock)?);
+    let gateway = Arc::new(StripeClient::new(settings, clock.clone())?);
     let signer = match &config.ticket_signing_key {
         Some(k) => TicketSigner::from_base64_seed(k).context("BOXOFFICE_TICKET_SIGNING_KEY")?,
         None => {
@@ -100,7 +103,22 @@ async fn payments(
         }
     };
     let checkout = CheckoutService::new(booking, gateway, signer, config.payment_window_seconds);
-    Ok(Payments { checkout, simulator, scanner_token: config.scanner_token.clone() })
+    // Admission tokens are signed with a key every node shares.
+    let admission: [u8; 32] = store
+        .ensure_setting("admission_token_key", TicketSigner::generate_seed().to_vec())
+        .await?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the stored admission token key is not 32 bytes"))?;
+    let queue = QueueService::new(
+        catalog,
+        clock,
+        AdmissionKey::new(admission),
+        QueueSettings {
+            claim_window: Duration::from_secs(config.queue_claim_window_seconds),
+            shopping_time: Duration::from_secs(config.queue_shopping_seconds),
+        },
+    );
+    Ok(Payments { checkout, queue, simulator, scanner_token: config.scanner_token.clone() })
 }
 
 pub struct Application {
@@ -168,7 +186,7 @@ impl Application {
         )
         .context("notification settings")?;
         let booking = BookingService::with_feed(store.clone(), locks, clock.clone(), feed);
-        let payments = payments(config, &store, booking.clone(), clock).await?;
+        let payments = payments(config, &store, booking.clone(), catalog.clone(), clock).await?;
         let state = AppState::new(
             booking,
             payments,

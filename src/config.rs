@@ -100,6 +100,12 @@ pub struct Config {
     /// `BOXOFFICE_OUTBOX_INTERVAL_SECONDS`: how often the relay delivers
     /// notifications.
     pub outbox_interval_seconds: u64,
+    /// `BOXOFFICE_QUEUE_CLAIM_WINDOW_SECONDS`: how long a fan let out of a
+    /// waiting room has to claim the turn before it passes on.
+    pub queue_claim_window_seconds: u64,
+    /// `BOXOFFICE_QUEUE_SHOPPING_SECONDS`: how long a claimed turn (its
+    /// admission token) lasts after the claim window.
+    pub queue_shopping_seconds: u64,
     /// `BOXOFFICE_TICKET_SIGNING_KEY`: the Ed25519 seed (32 bytes,
     /// base64url) that signs ticket codes. Unset: one is generated and kept
     /// in the database, shared by every node.
@@ -151,6 +157,8 @@ impl Default for Config {
             smtp_url: None,
             email_from: "boxoffice <tickets@localhost>".into(),
             outbox_interval_seconds: 2,
+            queue_claim_window_seconds: 120,
+            queue_shopping_seconds: 900,
         }
     }
 }

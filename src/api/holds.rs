@@ -1,7 +1,7 @@
 //! Holds: `POST /v1/events/{id}/holds`, `GET` and `DELETE /v1/holds/{id}`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -62,15 +62,21 @@ fn hold_not_found() -> ApiError {
         (status = 409, description = "seat_unavailable (with `unavailable`) or event_not_on_sale", body = Problem),
         (status = 422, description = "purchase_limit_exceeded, invalid_seat, empty_hold, invalid_hold_request", body = Problem),
         (status = 404, description = "event_not_found", body = Problem),
+        (status = 403, description = "not_admitted: the event has a waiting room and no valid Admission-Token was sent", body = Problem),
         (status = 401, body = Problem)))]
 pub async fn create_hold(
     State(state): State<AppState>,
     CurrentCustomer(customer): CurrentCustomer,
     ApiPath(event_id): ApiPath,
+    headers: HeaderMap,
     ApiJson(draft): ApiJson<HoldDraft>,
 ) -> Result<Response, ApiError> {
     let event_id = parse_event_id(&event_id)?;
     let selection = Selection::parse(draft)?;
+    // An unknown event is answered by the booking path below.
+    if let Some(event) = state.catalog.event(&event_id).await? {
+        super::queue::require_admission(&state, &customer, &event, &headers)?;
+    }
     let hold = state.booking.place_hold(&customer, &event_id, selection).await?;
     let location = HeaderValue::from_str(&format!("/v1/holds/{}", hold.id)).map_err(|_| ApiError::internal())?;
     let body = Json(HoldView::new(&hold, state.clock.now()));
@@ -121,7 +127,9 @@ pub async fn delete_hold(
 ) -> Result<StatusCode, ApiError> {
     let id = HoldId::parse(&id).ok_or_else(hold_not_found)?;
     match state.booking.release(&customer, &id).await? {
-        ReleaseOutcome::Released(_) | ReleaseOutcome::AlreadyEnded(_) | ReleaseOutcome::Lapsed { .. } => {
+        ReleaseOutcome::Released(h) | ReleaseOutcome::AlreadyEnded(h) | ReleaseOutcome::Lapsed { hold: h, .. } => {
+            // Done shopping: the waiting room's next fan takes the place.
+            state.queue.finished(&customer.id, &h.event_id).await;
             Ok(StatusCode::NO_CONTENT)
         }
         ReleaseOutcome::InCheckout(_) => {

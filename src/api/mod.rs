@@ -17,6 +17,7 @@ use utoipa::OpenApi;
 
 use crate::accelerators::CatalogCache;
 use crate::booking::checkout::CheckoutService;
+use crate::booking::queue::QueueService;
 use crate::booking::BookingService;
 use crate::domain::customer::TokenHash;
 use crate::domain::time::{Clock, Timestamp};
@@ -31,6 +32,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
+pub mod queue;
 pub mod sessions;
 
 pub use error::ApiError;
@@ -66,6 +68,8 @@ pub struct Shared {
     /// One permit per open seat-map stream.
     pub seat_streams: Arc<tokio::sync::Semaphore>,
     pub checkout: CheckoutService,
+    /// Waiting rooms and admission tokens.
+    pub queue: QueueService,
     /// The in-process gateway simulator, when payments run on it.
     pub simulator: Option<Simulator>,
     /// How long a running idempotent request keeps its key before another
@@ -76,6 +80,7 @@ pub struct Shared {
 /// The payment side of [`AppState`].
 pub struct Payments {
     pub checkout: CheckoutService,
+    pub queue: QueueService,
     pub simulator: Option<Simulator>,
     /// Door staff's token for `POST /v1/checkins`.
     pub scanner_token: Option<String>,
@@ -105,6 +110,7 @@ impl AppState {
             metrics,
             seat_streams: Arc::new(tokio::sync::Semaphore::new(max_seat_streams)),
             checkout: payments.checkout,
+            queue: payments.queue,
             simulator: payments.simulator,
             idempotency_lease: request_timeout * 2,
         }))
@@ -157,6 +163,8 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/events/{id}/seats", get(catalog::seats))
         .route("/events/{id}/seats/stream", get(catalog::seats_stream))
         .route("/events/{id}/holds", post(holds::create_hold))
+        .route("/events/{id}/queue", post(queue::join).get(queue::overview))
+        .route("/events/{id}/queue/{entry_id}", get(queue::status))
         .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold))
         .route("/customers/me/holds", get(holds::my_holds))
         .route("/holds/{id}/checkout", post(orders::checkout))

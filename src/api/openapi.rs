@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{catalog, holds, ops, orders, sessions};
+use super::{catalog, holds, ops, orders, queue, sessions};
 
 struct Security;
 
@@ -28,9 +28,10 @@ impl Modify for Security {
         holds::create_hold, holds::get_hold, holds::delete_hold, holds::my_holds,
         orders::checkout, orders::get_order, orders::my_orders, orders::ticket_qr, orders::public_key,
         orders::check_in, orders::refund_order, orders::cancel_order,
+        queue::join, queue::status, queue::overview,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&Security),
-    tags((name = "sessions"), (name = "catalog"), (name = "holds"), (name = "orders"), (name = "ops"))
+    tags((name = "sessions"), (name = "catalog"), (name = "holds"), (name = "orders"), (name = "queue"), (name = "ops"))
 )]
 pub struct ApiDoc;

@@ -133,6 +133,7 @@ impl From<CheckoutError> for ApiError {
     responses(
         (status = 200, description = "The order: confirmed (with tickets), payment_pending, requires_action or failed", body = OrderView),
         (status = 400, description = "idempotency_key_required, invalid_idempotency_key", body = Problem),
+        (status = 403, description = "not_admitted: the event has a waiting room and no valid Admission-Token was sent", body = Problem),
         (status = 404, description = "hold_not_found", body = Problem),
         (status = 409, description = "hold_not_active, idempotency_key_in_use", body = Problem),
         (status = 410, description = "hold_expired", body = Problem),
@@ -150,10 +151,23 @@ pub async fn checkout(
     if pm.is_empty() || pm.len() > 255 || pm.chars().any(char::is_control) {
         return Err(ApiError::unprocessable("invalid_payment_method", "payment_method must be 1 to 255 characters"));
     }
+    // A waiting room's admission is checked before the key is claimed: a
+    // refusal for want of a token is not the request's stored answer.
+    let hold = HoldId::parse(&id).ok_or_else(hold_not_found)?;
+    let event_id = state.booking.hold_for(&customer, &hold).await?.map(|h| h.event_id);
+    if let Some(event) = match &event_id {
+        Some(e) => state.catalog.event(e).await?,
+        None => None,
+    } {
+        super::queue::require_admission(&state, &customer, &event, &headers)?;
+    }
     let fingerprint = idempotency::fingerprint(&[b"checkout", id.as_bytes(), pm.as_bytes()]);
     Ok(idempotency::once(&state, &customer, &key, fingerprint, async {
-        let hold = HoldId::parse(&id).ok_or_else(hold_not_found)?;
         let receipt = state.checkout.checkout(&customer, &hold, pm).await?;
+        if receipt.order.status == OrderStatus::Confirmed {
+            // Done shopping: the waiting room's next fan takes the place.
+            state.queue.finished(&customer.id, &receipt.order.event_id).await;
+        }
         Ok((no_store(), Json(OrderView::new(&receipt))).into_response())
     })
     .await)

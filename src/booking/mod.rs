@@ -14,6 +14,7 @@
 //! inside its transaction; the chosen seats are then locked.
 
 pub mod checkout;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::Arc;

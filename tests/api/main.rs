@@ -10,6 +10,7 @@ mod cluster;
 mod expiry;
 mod helpers;
 mod notifications;
+mod queue;
 mod races;
 mod reconcile;
 mod redis;

@@ -1,0 +1,170 @@
+//! The waiting room: `POST /v1/events/{id}/queue`,
+//! `GET /v1/events/{id}/queue/{entry_id}`, and the organizers' view
+//! `GET /v1/events/{id}/queue` (admin).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::catalog::parse_event_id;
+use super::error::{ApiError, Problem};
+use super::extract::{Admin, ApiPath, CurrentCustomer};
+use super::AppState;
+use crate::booking::queue::{Entry, QueueError};
+use crate::domain::admission::NotAdmitted;
+use crate::domain::event::Event;
+use crate::store::Customer;
+
+#[derive(Serialize, ToSchema)]
+pub struct EntryView {
+    pub entry_id: String,
+    /// `prequeue`, `waiting`, `admitted` or `expired`.
+    pub status: String,
+    /// 1-based; null in the pre-queue, before the draw at the on-sale.
+    pub position: Option<u32>,
+    pub estimated_wait_seconds: Option<u64>,
+    /// Only when admitted: send it as `Admission-Token` to hold and pay.
+    pub admission_token: Option<String>,
+    /// When the admission token stops admitting.
+    pub admitted_until: Option<String>,
+}
+
+impl From<Entry> for EntryView {
+    fn from(e: Entry) -> Self {
+        EntryView {
+            entry_id: e.entry_id,
+            status: e.status.to_owned(),
+            position: e.position,
+            estimated_wait_seconds: e.estimated_wait_seconds,
+            admission_token: e.admission_token,
+            admitted_until: e.admitted_until.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::EventNotFound => ApiError::not_found("event_not_found", "no such event"),
+            QueueError::NoWaitingRoom => ApiError::conflict("no_waiting_room", "this event has no waiting room"),
+            QueueError::NotOpen(at) => {
+                ApiError::conflict("queue_not_open", format!("the waiting room opens at {}", at.to_rfc3339()))
+                    .with("opens_at", at.to_rfc3339())
+            }
+            QueueError::Closed => ApiError::conflict("queue_closed", "the sale is over"),
+            QueueError::EntryNotFound => ApiError::not_found("entry_not_found", "no such queue entry"),
+            QueueError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<NotAdmitted> for ApiError {
+    fn from(e: NotAdmitted) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_admitted",
+            format!("{e}; join the waiting room and wait for your turn"),
+        )
+    }
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
+}
+
+/// The `Admission-Token` header, if any.
+pub fn admission_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get("admission-token").and_then(|v| v.to_str().ok())
+}
+
+/// Refuses a hold or checkout for an event with a waiting room unless the
+/// request carries this customer's valid token for it.
+pub fn require_admission(
+    state: &AppState,
+    customer: &Customer,
+    event: &Event,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    state.queue.admit(&customer.id, event, admission_token(headers)).map_err(|e| {
+        metrics::counter!("boxoffice_queue_rejections_total").increment(1);
+        ApiError::from(e)
+    })
+}
+
+/// Joins the event's waiting room: 201 the first time, 200 with the same
+/// entry after.
+#[utoipa::path(post, path = "/v1/events/{id}/queue", tag = "queue", security(("customer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 201, body = EntryView), (status = 200, description = "already in the queue", body = EntryView),
+              (status = 404, description = "event_not_found", body = Problem),
+              (status = 409, description = "no_waiting_room, queue_not_open, queue_closed", body = Problem)))]
+pub async fn join(
+    State(state): State<AppState>,
+    CurrentCustomer(customer): CurrentCustomer,
+    ApiPath(id): ApiPath,
+) -> Result<Response, ApiError> {
+    let event = parse_event_id(&id)?;
+    let (entry, new) = state.queue.join(&customer.id, &event).await?;
+    if new {
+        metrics::counter!("boxoffice_queue_joins_total").increment(1);
+    }
+    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, no_store(), Json(EntryView::from(entry))).into_response())
+}
+
+/// The caller's place in the queue; while admitted, also the admission token.
+#[utoipa::path(get, path = "/v1/events/{id}/queue/{entry_id}", tag = "queue", security(("customer" = [])),
+    params(("id" = String, Path), ("entry_id" = String, Path)),
+    responses((status = 200, body = EntryView), (status = 404, description = "entry_not_found", body = Problem)))]
+pub async fn status(
+    State(state): State<AppState>,
+    CurrentCustomer(customer): CurrentCustomer,
+    axum::extract::Path((id, entry)): axum::extract::Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let event = parse_event_id(&id)?;
+    let entry = state.queue.status(&customer.id, &event, &entry).await?;
+    Ok((no_store(), Json(EntryView::from(entry))))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueueOverview {
+    pub joined: u32,
+    pub waiting: u32,
+    pub admitted: u32,
+    /// Admitted and still shopping (or yet to claim).
+    pub active: u32,
+    pub rate_per_minute: u32,
+    pub measured_rate_per_minute: f64,
+    /// SHA-256 of the draw key, published before the on-sale.
+    pub draw_commitment: String,
+    /// The draw key, published once the draw has happened.
+    pub draw_key: Option<String>,
+}
+
+/// The live state of an event's waiting room.
+#[utoipa::path(get, path = "/v1/events/{id}/queue", tag = "queue", security(("admin" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = QueueOverview), (status = 409, description = "no_waiting_room", body = Problem)))]
+pub async fn overview(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let o = state.queue.overview(&parse_event_id(&id)?).await?;
+    Ok((
+        no_store(),
+        Json(QueueOverview {
+            joined: o.joined,
+            waiting: o.waiting,
+            admitted: o.admitted,
+            active: o.active,
+            rate_per_minute: o.rate_per_minute,
+            measured_rate_per_minute: o.measured_rate_per_minute,
+            draw_commitment: o.draw_commitment,
+            draw_key: o.draw_key,
+        }),
+    ))
+}

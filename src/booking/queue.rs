@@ -1,0 +1,227 @@
+//! The waiting room service: one in-process [`Room`] per event whose
+//! `waiting_room` is enabled, and admission tokens for the fans it lets in.
+//!
+//! The rooms live in this process (embedded mode): they are accelerators,
+//! and a restart loses them (fans join again; the database, which decides
+//! every seat, is untouched). The scale-out Redis room is to come.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::accelerators::waiting_room::{Room, RoomSettings, Status};
+use crate::accelerators::CatalogCache;
+use crate::domain::admission::{AdmissionClaims, AdmissionKey, NotAdmitted};
+use crate::domain::draw::DrawKey;
+use crate::domain::event::Event;
+use crate::domain::ids::{CustomerId, EventId};
+use crate::domain::time::{Clock, Timestamp};
+use crate::store::StoreError;
+
+/// How long a fan may wait to claim a turn, and how long a claimed turn
+/// lasts after that.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueSettings {
+    pub claim_window: Duration,
+    pub shopping_time: Duration,
+}
+
+/// A fan's entry as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub entry_id: String,
+    /// `prequeue`, `waiting`, `admitted` or `expired`.
+    pub status: &'static str,
+    pub position: Option<u32>,
+    pub estimated_wait_seconds: Option<u64>,
+    pub admission_token: Option<String>,
+    /// When the admission token stops admitting.
+    pub admitted_until: Option<Timestamp>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("no such event")]
+    EventNotFound,
+    #[error("this event has no waiting room")]
+    NoWaitingRoom,
+    #[error("the waiting room opens at {0:?}")]
+    NotOpen(Timestamp),
+    #[error("the sale is over")]
+    Closed,
+    #[error("no such entry")]
+    EntryNotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct QueueService(Arc<Inner>);
+
+struct Inner {
+    rooms: Mutex<HashMap<EventId, Arc<Mutex<Room>>>>,
+    key: AdmissionKey,
+    catalog: Arc<CatalogCache>,
+    clock: Arc<dyn Clock>,
+    settings: QueueSettings,
+}
+
+impl QueueService {
+    pub fn new(catalog: Arc<CatalogCache>, clock: Arc<dyn Clock>, key: AdmissionKey, settings: QueueSettings) -> Self {
+        Self(Arc::new(Inner { rooms: Mutex::new(HashMap::new()), key, catalog, clock, settings }))
+    }
+
+    async fn event(&self, id: &EventId) -> Result<Arc<Event>, QueueError> {
+        self.0.catalog.event(id).await?.ok_or(QueueError::EventNotFound)
+    }
+
+    /// The event's room, made on first use, its pace kept in step with the
+    /// event's settings; `None` when the event has no enabled waiting room.
+    fn room(&self, event: &Event) -> Option<Arc<Mutex<Room>>> {
+        let w = event.waiting_room.as_ref().filter(|w| w.enabled)?;
+        let mut rooms = self.0.rooms.lock();
+        let room = rooms
+            .entry(event.id.clone())
+            .or_insert_with(|| {
+                let settings = RoomSettings {
+                    rate_per_minute: w.admission_rate_per_minute,
+                    max_active: w.max_active_shoppers,
+                    on_sale_at: event.on_sale_at,
+                    claim_window: self.0.settings.claim_window,
+                    shopping_time: self.0.settings.shopping_time,
+                };
+                let key = DrawKey(crate::domain::ticket::TicketSigner::generate_seed());
+                Arc::new(Mutex::new(Room::new(settings, key)))
+            })
+            .clone();
+        room.lock().set_pace(w.admission_rate_per_minute, w.max_active_shoppers);
+        Some(room)
+    }
+
+    /// Joins the fan to the event's queue: `(entry, true)` the first time,
+    /// the same entry with `false` after.
+    pub async fn join(&self, customer: &CustomerId, event: &EventId) -> Result<(Entry, bool), QueueError> {
+        let event = self.event(event).await?;
+        let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
+        let now = self.0.clock.now();
+        if let Some(opens) = event.waiting_room.as_ref().and_then(|w| w.prequeue_opens_at) {
+            if now < opens && now < event.on_sale_at {
+                return Err(QueueError::NotOpen(opens));
+            }
+        }
+        if now >= event.starts_at || event.cancelled {
+            return Err(QueueError::Closed);
+        }
+        let mut room = room.lock();
+        let (slot, new) = room.join(customer, now);
+        Ok((self.entry(&mut room, customer, &event.id, slot, now), new))
+    }
+
+    /// The fan's own entry; anyone else's reads as absent. Asking while
+    /// admitted claims the turn and returns the admission token.
+    pub async fn status(&self, customer: &CustomerId, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
+        let event = self.event(event).await?;
+        let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
+        let mut room = room.lock();
+        let slot = room.slot_of(customer).filter(|s| entry_id_of(*s) == entry_id).ok_or(QueueError::EntryNotFound)?;
+        let now = self.0.clock.now();
+        Ok(self.entry(&mut room, customer, &event.id, slot, now))
+    }
+
+    fn entry(&self, room: &mut Room, customer: &CustomerId, event: &EventId, slot: u32, now: Timestamp) -> Entry {
+        let base = Entry {
+            entry_id: entry_id_of(slot),
+            status: "waiting",
+            position: None,
+            estimated_wait_seconds: None,
+            admission_token: None,
+            admitted_until: None,
+        };
+        match room.status(slot, now) {
+            Status::PreQueue { on_sale_at } => Entry {
+                status: "prequeue",
+                estimated_wait_seconds: Some(((on_sale_at.as_millis() - now.as_millis()).max(0) / 1000) as u64),
+                ..base
+            },
+            Status::Waiting { position, estimated_wait, .. } => {
+                Entry { position: Some(position), estimated_wait_seconds: Some(estimated_wait.as_secs()), ..base }
+            }
+            Status::Admitted { position, until } => {
+                let claims = AdmissionClaims {
+                    customer_id: customer.to_string(),
+                    event_id: event.to_string(),
+                    expires_at: until.as_millis(),
+                    position: u64::from(position),
+                };
+                Entry {
+                    status: "admitted",
+                    position: Some(position),
+                    estimated_wait_seconds: Some(0),
+                    admission_token: Some(self.0.key.issue(&claims)),
+                    admitted_until: Some(until),
+                    ..base
+                }
+            }
+            Status::Expired { position } => Entry { status: "expired", position: Some(position), ..base },
+        }
+    }
+
+    /// Whether this request may hold seats or check out for `event`: always
+    /// when the event has no waiting room, else only with a valid token.
+    pub fn admit(&self, customer: &CustomerId, event: &Event, token: Option<&str>) -> Result<(), NotAdmitted> {
+        if !event.waiting_room.as_ref().is_some_and(|w| w.enabled) {
+            return Ok(());
+        }
+        self.0.key.verify(token, customer, &event.id, self.0.clock.now()).map(|_| ())
+    }
+
+    /// The fan is done shopping (paid, or let the hold go): their place is
+    /// free for the next fan at once.
+    pub async fn finished(&self, customer: &CustomerId, event: &EventId) {
+        let Ok(event) = self.event(event).await else { return };
+        let Some(room) = self.room(&event) else { return };
+        let mut room = room.lock();
+        if let Some(slot) = room.slot_of(customer) {
+            room.finish(slot, self.0.clock.now());
+        }
+    }
+
+    /// The live state of an event's room, for organizers.
+    pub async fn overview(&self, event: &EventId) -> Result<Overview, QueueError> {
+        let event = self.event(event).await?;
+        let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
+        let mut room = room.lock();
+        let now = self.0.clock.now();
+        room.advance(now);
+        let counts = room.counts();
+        Ok(Overview {
+            joined: counts.joined,
+            waiting: counts.waiting,
+            admitted: counts.serving,
+            active: counts.active,
+            rate_per_minute: room.settings().rate_per_minute,
+            measured_rate_per_minute: room.measured_rate_per_minute(),
+            draw_commitment: room.draw_commitment(),
+            draw_key: room.draw_key(now),
+        })
+    }
+}
+
+/// What organizers see of a room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Overview {
+    pub joined: u32,
+    pub waiting: u32,
+    pub admitted: u32,
+    pub active: u32,
+    pub rate_per_minute: u32,
+    pub measured_rate_per_minute: f64,
+    pub draw_commitment: String,
+    pub draw_key: Option<String>,
+}
+
+fn entry_id_of(slot: u32) -> String {
+    format!("qe_{slot}")
+}

@@ -1,0 +1,144 @@
+//! The waiting room over HTTP (in-process rooms), with the app's fake clock:
+//! one place per fan, the pre-queue draw, paced admission, and admission
+//! tokens enforced on holds and checkout.
+
+use std::time::Duration;
+
+use boxoffice::domain::draw::verify_commitment;
+use boxoffice::domain::time::Clock;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, Reply, TestApp, ADMIN_TOKEN};
+
+/// An event with a waiting room (60 fans a minute, at most `max_active`
+/// shopping) going on sale 100 s from now.
+async fn queued_event(app: &TestApp, max_active: u32) -> String {
+    let now = app.clock.now();
+    app.demo_event(json!({
+        "on_sale_at": now.plus_secs(100).to_rfc3339(),
+        "waiting_room": {
+            "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": max_active,
+            "prequeue_opens_at": now.to_rfc3339(),
+        }
+    }))
+    .await
+}
+
+async fn join(app: &TestApp, token: &str, event: &str) -> Reply {
+    app.post(&format!("/v1/events/{event}/queue"), Some(token), json!({})).await
+}
+
+async fn entry(app: &TestApp, token: &str, event: &str, entry_id: &str) -> Value {
+    let r = app.get(&format!("/v1/events/{event}/queue/{entry_id}"), Some(token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
+}
+
+async fn hold_with(app: &TestApp, token: &str, event: &str, seat: &str, admission: Option<&str>) -> Reply {
+    let mut req = app
+        .client
+        .post(app.url(&format!("/v1/events/{event}/holds")))
+        .bearer_auth(token)
+        .json(&json!({"seats": [seat]}));
+    if let Some(a) = admission {
+        req = req.header("Admission-Token", a);
+    }
+    crate::helpers::reply(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn one_place_per_fan_and_the_prequeue_waits_for_the_draw() {
+    let app = spawn_app().await;
+    let event = queued_event(&app, 100).await;
+    let fan = app.customer("fan@example.com").await;
+    let first = join(&app, &fan, &event).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.body["status"], "prequeue");
+    assert_eq!(first.body["position"], Value::Null, "no place before the draw");
+    assert_eq!(first.body["estimated_wait_seconds"], 100);
+    let again = join(&app, &fan, &event).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["entry_id"], first.body["entry_id"]);
+    let other = app.customer("other@example.com").await;
+    let r =
+        app.get(&format!("/v1/events/{event}/queue/{}", first.body["entry_id"].as_str().unwrap()), Some(&other)).await;
+    r.assert_problem(404, "entry_not_found");
+    // No waiting room, no queue.
+    let plain = app.demo_event(json!({})).await;
+    join(&app, &fan, &plain).await.assert_problem(409, "no_waiting_room");
+    assert_eq!(hold_with(&app, &fan, &plain, "A1", None).await.status, StatusCode::CREATED, "no token needed");
+}
+
+#[tokio::test]
+async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them() {
+    let app = spawn_app().await;
+    let event = queued_event(&app, 100).await;
+    let mut fans = Vec::new();
+    for i in 0..5 {
+        let token = app.customer(&format!("fan{i}@example.com")).await;
+        let e = join(&app, &token, &event).await;
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
+    let commitment = overview.body["draw_commitment"].as_str().unwrap().to_owned();
+    assert_eq!(overview.body["draw_key"], Value::Null, "the key stays secret until the draw");
+    app.clock.advance(Duration::from_secs(102)); // two seconds into the sale: two fans in
+    let mut admitted = Vec::new();
+    let mut positions = Vec::new();
+    for (token, entry_id) in &fans {
+        let e = entry(&app, token, &event, entry_id).await;
+        positions.push(e["position"].as_u64().unwrap());
+        match e["status"].as_str().unwrap() {
+            "admitted" => admitted.push((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
+            "waiting" => assert!(e["estimated_wait_seconds"].as_u64().unwrap() <= 3, "{e}"),
+            other => panic!("{other}: {e}"),
+        }
+    }
+    positions.sort();
+    assert_eq!(positions, vec![1, 2, 3, 4, 5], "one distinct place each");
+    assert_eq!(admitted.len(), 2, "60 a minute: two in two seconds");
+    let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
+    assert!(verify_commitment(overview.body["draw_key"].as_str().unwrap(), &commitment), "the draw is auditable");
+
+    let (fan, admission) = &admitted[0];
+    let (other_fan, other_admission) = &admitted[1];
+    hold_with(&app, fan, &event, "A1", None).await.assert_problem(403, "not_admitted");
+    hold_with(&app, fan, &event, "A1", Some(other_admission)).await.assert_problem(403, "not_admitted");
+    hold_with(&app, fan, &event, "A1", Some("forged.token")).await.assert_problem(403, "not_admitted");
+    let waiting_fan = fans.iter().find(|(t, _)| t != fan && t != other_fan).unwrap();
+    hold_with(&app, &waiting_fan.0, &event, "A2", Some(admission)).await.assert_problem(403, "not_admitted");
+    let held = hold_with(&app, fan, &event, "A1", Some(admission)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+
+    // Checkout needs the token too; paying frees the place for the next fan.
+    let checkout = format!("/v1/holds/{}/checkout", held.id());
+    let pay = |admission: Option<String>| {
+        let mut req = app
+            .client
+            .request(Method::POST, app.url(&checkout))
+            .bearer_auth(fan)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"payment_method": "pm_card_visa"}));
+        if let Some(a) = admission {
+            req = req.header("Admission-Token", a);
+        }
+        async move { crate::helpers::reply(req.send().await.unwrap()).await }
+    };
+    pay(None).await.assert_problem(403, "not_admitted");
+    let paid = pay(Some(admission.clone())).await;
+    assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
+    let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(overview.body["active"], 1, "the buyer's place is free: {}", overview.body);
+
+    // A token for another event does not open this one.
+    let second = queued_event(&app, 100).await;
+    let e = join(&app, fan, &second).await;
+    app.clock.advance(Duration::from_secs(101));
+    let there = entry(&app, fan, &second, e.body["entry_id"].as_str().unwrap()).await;
+    let there_token = there["admission_token"].as_str().expect("admitted at the second event").to_owned();
+    hold_with(&app, fan, &event, "A3", Some(&there_token)).await.assert_problem(403, "not_admitted");
+    // Turns end: after the claim window and shopping time the token expires.
+    app.clock.advance(Duration::from_secs(120 + 900 + 1));
+    hold_with(&app, other_fan, &event, "A4", Some(other_admission)).await.assert_problem(403, "not_admitted");
+}
