@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accelerators::redis_locks::RedisSettings;
 use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
+use crate::api::traffic::{self, TrafficSettings};
 use crate::api::{self, AppState, HttpLimits, Payments};
 use crate::booking::checkout::CheckoutService;
 use crate::booking::queue::{QueueService, QueueSettings};
@@ -195,6 +196,15 @@ impl Application {
             Duration::from_secs(config.session_ttl_hours * 3600),
             config.max_seat_streams,
             Duration::from_secs(config.request_timeout_seconds),
+            TrafficSettings {
+                max_in_flight: config.max_in_flight,
+                reserved_in_flight: config.reserved_in_flight,
+                per_ip_per_second: config.rate_limit_ip_per_second,
+                per_ip_burst: config.rate_limit_ip_burst,
+                per_customer_per_second: config.rate_limit_customer_per_second,
+                per_customer_burst: config.rate_limit_customer_burst,
+                trust_forwarded_for: config.trust_forwarded_for,
+            },
             telemetry::metrics_handle(),
         );
         let limits = HttpLimits {
@@ -259,9 +269,12 @@ impl Application {
             }
             Role::Api => None,
         };
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        let tidy = tokio::spawn(traffic::tidy_every(self.state.traffic.clone(), Duration::from_secs(60), stop.clone()));
+        let served = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
         stop.cancel();
-        for task in [jobs, listener].into_iter().flatten() {
+        for task in [jobs, listener, Some(tidy)].into_iter().flatten() {
             let _ = task.await;
         }
         served.context("HTTP server failed")

@@ -62,6 +62,23 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `BOXOFFICE_REQUEST_TIMEOUT_SECONDS`: every request's deadline.
     pub request_timeout_seconds: u64,
+    /// `BOXOFFICE_MAX_IN_FLIGHT`: requests served at once per node; more are
+    /// shed at once with 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// `BOXOFFICE_RESERVED_IN_FLIGHT`: of those, how many only checkout and
+    /// payment requests may use.
+    pub reserved_in_flight: usize,
+    /// `BOXOFFICE_RATE_LIMIT_IP_PER_SECOND` / `…_BURST`: GCRA limit per client
+    /// address (0: off).
+    pub rate_limit_ip_per_second: u32,
+    pub rate_limit_ip_burst: u32,
+    /// `BOXOFFICE_RATE_LIMIT_CUSTOMER_PER_SECOND` / `…_BURST`: GCRA limit per
+    /// bearer token, the admin's excepted (0: off).
+    pub rate_limit_customer_per_second: u32,
+    pub rate_limit_customer_burst: u32,
+    /// `BOXOFFICE_TRUST_FORWARDED_FOR`: take the client address from
+    /// `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
     /// `BOXOFFICE_MAX_SEAT_STREAMS`: open seat-map streams per node; more
     /// are refused with 503 `overloaded`.
     pub max_seat_streams: usize,
@@ -144,6 +161,13 @@ impl Default for Config {
             max_body_bytes: 256 * 1024,
             request_timeout_seconds: 30,
             max_seat_streams: 10_000,
+            max_in_flight: 4096,
+            reserved_in_flight: 512,
+            rate_limit_ip_per_second: 0,
+            rate_limit_ip_burst: 0,
+            rate_limit_customer_per_second: 20,
+            rate_limit_customer_burst: 40,
+            trust_forwarded_for: false,
             log: "info".into(),
             payments: Payments::Simulator,
             stripe_url: None,
@@ -209,6 +233,9 @@ impl Config {
         }
         if c.webhook_url.is_some() && c.webhook_secret.as_ref().is_none_or(|s| s.len() < 16) {
             bail!("webhook_url needs a webhook_secret of at least 16 characters");
+        }
+        if c.max_in_flight == 0 || c.reserved_in_flight >= c.max_in_flight {
+            bail!("max_in_flight must be at least 1 and more than reserved_in_flight");
         }
         if c.outbox_interval_seconds == 0 {
             bail!("outbox_interval_seconds must be at least 1");

@@ -34,6 +34,7 @@ pub mod ops;
 pub mod orders;
 pub mod queue;
 pub mod sessions;
+pub mod traffic;
 
 pub use error::ApiError;
 
@@ -70,6 +71,8 @@ pub struct Shared {
     pub checkout: CheckoutService,
     /// Waiting rooms and admission tokens.
     pub queue: QueueService,
+    /// Rate limits and load shedding.
+    pub traffic: Arc<traffic::Traffic>,
     /// The in-process gateway simulator, when payments run on it.
     pub simulator: Option<Simulator>,
     /// How long a running idempotent request keeps its key before another
@@ -96,6 +99,7 @@ impl AppState {
         session_ttl: Duration,
         max_seat_streams: usize,
         request_timeout: Duration,
+        traffic: traffic::TrafficSettings,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
         AppState(Arc::new(Shared {
@@ -111,6 +115,7 @@ impl AppState {
             seat_streams: Arc::new(tokio::sync::Semaphore::new(max_seat_streams)),
             checkout: payments.checkout,
             queue: payments.queue,
+            traffic: Arc::new(traffic::Traffic::new(&traffic)),
             simulator: payments.simulator,
             idempotency_lease: request_timeout * 2,
         }))
@@ -174,7 +179,8 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/customers/me/orders", get(orders::my_orders))
         .route("/tickets/public-key", get(orders::public_key))
         .route("/tickets/{id}/qr.svg", get(orders::ticket_qr))
-        .route("/checkins", post(orders::check_in));
+        .route("/checkins", post(orders::check_in))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), traffic::guard));
 
     let timeout = limits.request_timeout;
     Router::new()

@@ -16,3 +16,4 @@ mod reconcile;
 mod redis;
 #[path = "../common/redis.rs"]
 mod redis_support;
+mod traffic;

@@ -1,0 +1,100 @@
+//! Rate limits and load shedding over HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boxoffice::domain::hold::HoldStatus;
+use boxoffice::domain::ids::HoldId;
+use boxoffice::payments::sim::FaultsPatch;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{spawn_app_tuned, ADMIN_TOKEN};
+
+#[tokio::test]
+async fn a_customer_past_their_rate_gets_429_with_retry_after() {
+    let app = spawn_app_tuned(|c| {
+        c.rate_limit_customer_per_second = 1;
+        c.rate_limit_customer_burst = 3;
+    })
+    .await;
+    let (fan, other) = (app.customer("fan@example.com").await, app.customer("other@example.com").await);
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/customers/me/holds", Some(&fan)).await.status, StatusCode::OK);
+    }
+    let limited = app.get("/v1/customers/me/holds", Some(&fan)).await;
+    limited.assert_problem(429, "rate_limited");
+    let retry: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(app.get("/v1/customers/me/holds", Some(&other)).await.status, StatusCode::OK, "per customer");
+    for _ in 0..5 {
+        let admin = app.post("/v1/venues", Some(ADMIN_TOKEN), boxoffice::demo::venue_json()).await;
+        assert_eq!(admin.status, StatusCode::CREATED, "the operator is not rate limited");
+    }
+}
+
+#[tokio::test]
+async fn client_addresses_come_from_x_forwarded_for_only_when_trusted() {
+    let app = spawn_app_tuned(|c| {
+        c.rate_limit_ip_per_second = 1;
+        c.rate_limit_ip_burst = 2;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    let get = |ip: &'static str| {
+        let req = app.client.get(app.url("/v1/events?limit=1")).header("x-forwarded-for", format!("{ip}, 10.9.9.9"));
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(get("203.0.113.1").await, StatusCode::OK);
+    assert_eq!(get("203.0.113.1").await, StatusCode::OK);
+    assert_eq!(get("203.0.113.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(get("203.0.113.2").await, StatusCode::OK, "another client");
+}
+
+#[tokio::test]
+async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
+    let app = Arc::new(
+        spawn_app_tuned(|c| {
+            c.max_in_flight = 3;
+            c.reserved_in_flight = 1;
+        })
+        .await,
+    );
+    let event = app.demo_event(json!({})).await;
+    let mut holds = Vec::new();
+    for i in 0..3 {
+        let fan = app.customer(&format!("fan{i}@example.com")).await;
+        let h = app.hold(&fan, &event, json!({"seats": [format!("A{}", i + 1)]})).await;
+        holds.push((fan, h.id()));
+    }
+    // Two slow payments fill the general capacity.
+    app.gateway().set_faults(FaultsPatch { latency_ms: Some(1_500), ..Default::default() }).unwrap();
+    let slow: Vec<_> = holds[..2]
+        .iter()
+        .cloned()
+        .map(|(fan, hold)| {
+            let app = app.clone();
+            tokio::spawn(async move { app.checkout(&fan, &hold, "k", "pm_card_visa").await })
+        })
+        .collect();
+    for (_, hold) in &holds[..2] {
+        let id = HoldId::parse(hold).unwrap();
+        for _ in 0..200 {
+            if app.state.store.hold(&id).await.unwrap().unwrap().status == HoldStatus::Checkout {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let browse = app.get(&format!("/v1/events/{event}"), None).await;
+    browse.assert_problem(503, "overloaded");
+    assert!(browse.headers.contains_key("retry-after"));
+    // A third payment still gets through, on the reserve.
+    let (fan, hold) = &holds[2];
+    let paid = app.checkout(fan, hold, "k", "pm_card_visa").await;
+    assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
+    for t in slow {
+        assert_eq!(t.await.unwrap().body["status"], "confirmed");
+    }
+    assert_eq!(app.get(&format!("/v1/events/{event}"), None).await.status, StatusCode::OK, "capacity is back");
+}
