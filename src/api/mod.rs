@@ -170,6 +170,7 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/events/{id}/holds", post(holds::create_hold))
         .route("/events/{id}/queue", post(queue::join).get(queue::overview))
         .route("/events/{id}/queue/{entry_id}", get(queue::status))
+        .route("/events/{id}/queue/{entry_id}/stream", get(queue::stream))
         .route("/holds/{id}", get(holds::get_hold).delete(holds::delete_hold))
         .route("/customers/me/holds", get(holds::my_holds))
         .route("/holds/{id}/checkout", post(orders::checkout))

@@ -28,7 +28,7 @@ impl Modify for Security {
         holds::create_hold, holds::get_hold, holds::delete_hold, holds::my_holds,
         orders::checkout, orders::get_order, orders::my_orders, orders::ticket_qr, orders::public_key,
         orders::check_in, orders::refund_order, orders::cancel_order,
-        queue::join, queue::status, queue::overview,
+        queue::join, queue::status, queue::stream, queue::overview,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&Security),

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -167,4 +168,54 @@ pub async fn overview(
             draw_key: o.draw_key,
         }),
     ))
+}
+
+/// The caller's entry over server-sent events: an `entry` event now and at
+/// every change (checked each second), until the turn comes or ends.
+#[utoipa::path(get, path = "/v1/events/{id}/queue/{entry_id}/stream", tag = "queue", security(("customer" = [])),
+    params(("id" = String, Path), ("entry_id" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", description = "`entry` events in the shape of EntryView"),
+              (status = 404, description = "entry_not_found", body = Problem),
+              (status = 503, description = "overloaded: too many open streams on this node", body = Problem)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    CurrentCustomer(customer): CurrentCustomer,
+    axum::extract::Path((id, entry)): axum::extract::Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let event = parse_event_id(&id)?;
+    // The first read answers 404 before any stream is opened.
+    let first = state.queue.status(&customer.id, &event, &entry).await?;
+    let permit = state
+        .seat_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::unavailable("overloaded", "too many open streams on this node; retry shortly"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(8);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut last: Option<Entry> = None;
+        let mut current = Ok(first);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let Ok(now) = current else { return };
+            if last.as_ref() != Some(&now) {
+                let done = matches!(now.status, "admitted" | "expired");
+                let Ok(msg) = SseEvent::default().event("entry").json_data(EntryView::from(now.clone())) else {
+                    return;
+                };
+                if tx.send(msg).await.is_err() || done {
+                    return;
+                }
+                last = Some(now);
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tick.tick() => {}
+            }
+            current = state.queue.status(&customer.id, &event, &entry).await;
+        }
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    Ok((no_store(), Sse::new(events).keep_alive(KeepAlive::default())))
 }

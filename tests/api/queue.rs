@@ -142,3 +142,40 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them() {
     app.clock.advance(Duration::from_secs(120 + 900 + 1));
     hold_with(&app, other_fan, &event, "A4", Some(other_admission)).await.assert_problem(403, "not_admitted");
 }
+
+/// The entry over SSE: the pre-queue state at once, then the turn when it
+/// comes, and the stream ends.
+#[tokio::test]
+async fn the_stream_reports_the_entry_until_the_turn_comes() {
+    let app = spawn_app().await;
+    let event = queued_event(&app, 100).await;
+    let fan = app.customer("fan@example.com").await;
+    let entry_id = join(&app, &fan, &event).await.body["entry_id"].as_str().unwrap().to_owned();
+    let other = app.customer("other@example.com").await;
+    let path = format!("/v1/events/{event}/queue/{entry_id}/stream");
+    app.get(&path, Some(&other)).await.assert_problem(404, "entry_not_found");
+    let mut response = app.client.get(app.url(&path)).bearer_auth(&fan).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut seen: Vec<Value> = Vec::new();
+    let mut buffer = String::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                    let entry: Value = serde_json::from_str(data.trim()).unwrap();
+                    if entry["status"] == "prequeue" && seen.is_empty() {
+                        app.clock.advance(Duration::from_secs(102)); // the sale opens; the turn comes
+                    }
+                    seen.push(entry);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the stream ended");
+    let statuses: Vec<&str> = seen.iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.first(), Some(&"prequeue"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"admitted"), "{statuses:?}");
+    assert!(seen.last().unwrap()["admission_token"].is_string());
+}
