@@ -458,6 +458,12 @@ fn main() {
         if ["noop", "random", "hot"].iter().any(|p| phase(p)) {
             embedded_http(&client).await;
         }
+        if phase("queue-inproc") {
+            queue_in_process();
+        }
+        if ["queue-join", "queue-poll"].iter().any(|p| phase(p)) {
+            queue_http(&client).await;
+        }
 
         // Scale-out: PostgreSQL plus Redis, one node, same client.
         if !["pg-raw", "pg-random", "pg-hot", "pg-stampede"].iter().any(|p| phase(p)) {
@@ -534,4 +540,133 @@ async fn embedded_http(client: &reqwest::Client) {
         http_holds(label, client, &base, &event, hot).await.print(Some(baseline.rate()));
     }
     println!("\nratio = req/s over the no-op baseline's req/s; target for embedded HTTP holds: >= 0.50x");
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// The in-process waiting room alone: a million joins, then status reads,
+/// and the memory a waiting fan costs.
+fn queue_in_process() {
+    use boxoffice::accelerators::waiting_room::{Room, RoomSettings};
+    use boxoffice::domain::draw::DrawKey;
+    const FANS: u32 = 1_000_000;
+    let on_sale = SystemClock.now();
+    let settings = RoomSettings {
+        rate_per_minute: 60_000,
+        max_active: 10_000,
+        on_sale_at: on_sale.plus_secs(3_600),
+        claim_window: Duration::from_secs(120),
+        shopping_time: Duration::from_secs(900),
+    };
+    let ids: Vec<CustomerId> = (0..FANS).map(|i| CustomerId::parse(&format!("cus_{i:032x}")).unwrap()).collect();
+    let before = resident_bytes();
+    let mut room = Room::new(settings, DrawKey([3; 32]));
+    let t = Instant::now();
+    for id in &ids {
+        room.join(id, on_sale);
+    }
+    let joins = t.elapsed();
+    let per_fan = resident_bytes().saturating_sub(before) as f64 / f64::from(FANS);
+    // The draw at the on-sale, then every fan asking for their place.
+    let t = Instant::now();
+    let mut admitted = 0u32;
+    for slot in 0..FANS {
+        if let boxoffice::accelerators::waiting_room::Status::Admitted { .. } =
+            room.status(slot, on_sale.plus_secs(3_601))
+        {
+            admitted += 1;
+        }
+    }
+    let polls = t.elapsed();
+    println!(
+        "\nwaiting room, in-process: {FANS} joins in {:.2} s ({:.0}/s; target < 5 s); {FANS} status reads in {:.2} s ({:.0}/s, {admitted} admitted); about {per_fan:.0} bytes of memory per waiting fan (target <= 100)",
+        joins.as_secs_f64(),
+        f64::from(FANS) / joins.as_secs_f64(),
+        polls.as_secs_f64(),
+        f64::from(FANS) / polls.as_secs_f64(),
+    );
+}
+
+/// Queue joins and status polls over HTTP, next to the no-op baseline on
+/// the same stack.
+async fn queue_http(client: &reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
+    let store = app.state().store.clone();
+    let venue = store.venue(&event.venue_id).await.unwrap().unwrap();
+    let now = SystemClock.now();
+    let mut ev = demo::event_json(venue.id.as_str(), now);
+    ev["waiting_room"] = json!({"enabled": true, "admission_rate_per_minute": 600, "max_active_shoppers": 1000});
+    let draft: EventDraft = serde_json::from_value(ev).unwrap();
+    let queued = Event::from_draft(EventId::generate(), draft, &venue, now).unwrap();
+    store.insert_event(&queued, &venue).await.unwrap();
+    let base = serve(app);
+    println!("\nwaiting room over HTTP ({CUSTOMERS} customers; after each has joined once, joins repeat and return the same entry)\n");
+    header();
+    let baseline = {
+        let (client, url) = (client.clone(), format!("{base}/bench/noop"));
+        drive("HTTP no-op JSON POST (baseline)", move |_, _| {
+            let req = client.post(&url).json(&json!({}));
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
+                    _ => Err(()),
+                }
+            }
+        })
+        .await
+    };
+    baseline.print(Some(baseline.rate()));
+    let join_url = format!("{base}/v1/events/{}/queue", queued.id);
+    let joins = {
+        let (client, url) = (client.clone(), join_url.clone());
+        drive("HTTP queue joins", move |w, i| {
+            let req = client.post(&url).bearer_auth(format!("bench-token-{}", customer_index(w, i)));
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
+                    _ => Err(()),
+                }
+            }
+        })
+        .await
+    };
+    joins.print(Some(baseline.rate()));
+    if phase("queue-poll") {
+        // Every customer has joined (above); poll their entries.
+        let entries: Arc<Vec<String>> = Arc::new(
+            futures::stream::iter(0..CUSTOMERS)
+                .map(|c| {
+                    let req = client.post(&join_url).bearer_auth(format!("bench-token-{c}"));
+                    async move {
+                        let v: Value = req.send().await.unwrap().json().await.unwrap();
+                        v["entry_id"].as_str().unwrap().to_owned()
+                    }
+                })
+                .buffered(CONNECTIONS)
+                .collect()
+                .await,
+        );
+        let polls = {
+            let (client, url) = (client.clone(), join_url);
+            drive("HTTP queue status polls", move |w, i| {
+                let c = customer_index(w, i);
+                let req = client.get(format!("{url}/{}", entries[c])).bearer_auth(format!("bench-token-{c}"));
+                async move {
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
+                        _ => Err(()),
+                    }
+                }
+            })
+            .await
+        };
+        polls.print(Some(baseline.rate()));
+    }
+    println!("\nratio = req/s over the no-op baseline's req/s; target for HTTP joins: >= 0.80x");
 }

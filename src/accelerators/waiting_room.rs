@@ -11,9 +11,9 @@
 //! after the claim window, or until they finish (checkout or release),
 //! which frees the place at once.
 //!
-//! Everything is O(1) or O(log batches) per fan, with no per-fan timers:
-//! about 30 bytes per waiting fan (a 16-byte customer key and a 4-byte slot
-//! in a hash map, plus two bits). Time comes in as `now`, so tests drive it
+//! Everything is O(1) or O(log batches) per fan, with no per-fan timers: a
+//! fan costs an 8-byte customer key and a 4-byte slot in a hash map, plus
+//! two bits (docs/benchmarks.md has the measured bytes per fan). Time comes in as `now`, so tests drive it
 //! with a fake clock.
 
 use std::collections::{HashMap, VecDeque};
@@ -65,7 +65,7 @@ pub enum Status {
 pub struct Room {
     settings: RoomSettings,
     key: DrawKey,
-    slots: HashMap<u128, u32>,
+    slots: HashMap<u64, u32>,
     joined: u32,
     /// Frozen at the on-sale: slots below it joined before and are drawn.
     prequeue: Option<u32>,
@@ -308,10 +308,13 @@ pub struct RoomCounts {
     pub waiting: u32,
 }
 
-/// A customer id's UUID as 16 bytes: the map key (ids are `cus_` + 32 hex).
-fn customer_key(c: &CustomerId) -> u128 {
+/// The map key of a customer: the low 64 bits of the id's UUIDv7, which
+/// are random (62 random bits). Two of a million fans share a key with
+/// odds of about 1 in 10^7; the worst that could do is give one of them the
+/// other's place in line (every token still names its own customer).
+fn customer_key(c: &CustomerId) -> u64 {
     let hex = c.as_str().rsplit('_').next().unwrap_or("");
-    u128::from_str_radix(hex, 16).unwrap_or(0)
+    u64::from_str_radix(&hex[hex.len().saturating_sub(16)..], 16).unwrap_or(0)
 }
 
 /// A growable bit set indexed by queue position.

@@ -86,7 +86,11 @@ impl FromRequestParts<AppState> for CurrentCustomer {
         if token.len() > 256 {
             return Err(ApiError::unauthorized("unknown or expired session token"));
         }
-        let hash = TokenHash::of(token);
+        // The traffic guard may have hashed this token already.
+        let hash = match parts.extensions.get::<TokenHash>() {
+            Some(h) => *h,
+            None => TokenHash::of(token),
+        };
         let now = state.clock.now();
         // The cache keeps each session's own expiry, so a cached session
         // ends exactly when the stored one does.

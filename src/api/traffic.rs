@@ -114,7 +114,7 @@ fn rate_limited(wait: Duration, scope: &'static str) -> Response {
 
 /// The middleware: rate limits, then an in-flight permit held until the
 /// response is ready.
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let traffic = &state.traffic;
     if let (Some(limit), Some(ip)) = (&traffic.per_ip, traffic.client_ip(&req)) {
         if let Err(not_until) = limit.check_key(&ip) {
@@ -127,7 +127,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if let Some(token) = token {
+        if let Some(token) = token.filter(|t| t.len() <= 256) {
             let hash = TokenHash::of(token);
             let admin = bool::from(hash.0.ct_eq(&state.admin_token_hash.0));
             if !admin {
@@ -135,6 +135,8 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
                     return rate_limited(not_until.wait_time_from(DefaultClock::default().now()), "customer");
                 }
             }
+            // Hashed once: the auth extractor reuses it.
+            req.extensions_mut().insert(hash);
         }
     }
     let permit = match traffic.general.try_acquire() {

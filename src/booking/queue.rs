@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::accelerators::waiting_room::{Room, RoomSettings, Status};
 use crate::accelerators::CatalogCache;
@@ -61,7 +61,7 @@ pub enum QueueError {
 pub struct QueueService(Arc<Inner>);
 
 struct Inner {
-    rooms: Mutex<HashMap<EventId, Arc<Mutex<Room>>>>,
+    rooms: RwLock<HashMap<EventId, Arc<Mutex<Room>>>>,
     key: AdmissionKey,
     catalog: Arc<CatalogCache>,
     clock: Arc<dyn Clock>,
@@ -70,34 +70,49 @@ struct Inner {
 
 impl QueueService {
     pub fn new(catalog: Arc<CatalogCache>, clock: Arc<dyn Clock>, key: AdmissionKey, settings: QueueSettings) -> Self {
-        Self(Arc::new(Inner { rooms: Mutex::new(HashMap::new()), key, catalog, clock, settings }))
+        Self(Arc::new(Inner { rooms: RwLock::new(HashMap::new()), key, catalog, clock, settings }))
     }
 
     async fn event(&self, id: &EventId) -> Result<Arc<Event>, QueueError> {
         self.0.catalog.event(id).await?.ok_or(QueueError::EventNotFound)
     }
 
-    /// The event's room, made on first use, its pace kept in step with the
-    /// event's settings; `None` when the event has no enabled waiting room.
+    /// The event's room, made on first use and locked, its pace kept in
+    /// step with the event's settings; `None` when the event has no enabled
+    /// waiting room.
     fn room(&self, event: &Event) -> Option<Arc<Mutex<Room>>> {
         let w = event.waiting_room.as_ref().filter(|w| w.enabled)?;
-        let mut rooms = self.0.rooms.lock();
-        let room = rooms
-            .entry(event.id.clone())
-            .or_insert_with(|| {
-                let settings = RoomSettings {
-                    rate_per_minute: w.admission_rate_per_minute,
-                    max_active: w.max_active_shoppers,
-                    on_sale_at: event.on_sale_at,
-                    claim_window: self.0.settings.claim_window,
-                    shopping_time: self.0.settings.shopping_time,
-                };
-                let key = DrawKey(crate::domain::ticket::TicketSigner::generate_seed());
-                Arc::new(Mutex::new(Room::new(settings, key)))
-            })
-            .clone();
-        room.lock().set_pace(w.admission_rate_per_minute, w.max_active_shoppers);
+        let found = self.0.rooms.read().get(&event.id).cloned();
+        let room = match found {
+            Some(r) => r,
+            None => self
+                .0
+                .rooms
+                .write()
+                .entry(event.id.clone())
+                .or_insert_with(|| {
+                    let settings = RoomSettings {
+                        rate_per_minute: w.admission_rate_per_minute,
+                        max_active: w.max_active_shoppers,
+                        on_sale_at: event.on_sale_at,
+                        claim_window: self.0.settings.claim_window,
+                        shopping_time: self.0.settings.shopping_time,
+                    };
+                    let key = DrawKey(crate::domain::ticket::TicketSigner::generate_seed());
+                    Arc::new(Mutex::new(Room::new(settings, key)))
+                })
+                .clone(),
+        };
         Some(room)
+    }
+
+    /// Locks `room`, first bringing its pace in step with `event`.
+    fn lock<'r>(room: &'r Mutex<Room>, event: &Event) -> parking_lot::MutexGuard<'r, Room> {
+        let mut guard = room.lock();
+        if let Some(w) = &event.waiting_room {
+            guard.set_pace(w.admission_rate_per_minute, w.max_active_shoppers);
+        }
+        guard
     }
 
     /// Joins the fan to the event's queue: `(entry, true)` the first time,
@@ -114,7 +129,7 @@ impl QueueService {
         if now >= event.starts_at || event.cancelled {
             return Err(QueueError::Closed);
         }
-        let mut room = room.lock();
+        let mut room = Self::lock(&room, &event);
         let (slot, new) = room.join(customer, now);
         Ok((self.entry(&mut room, customer, &event.id, slot, now), new))
     }
@@ -124,7 +139,7 @@ impl QueueService {
     pub async fn status(&self, customer: &CustomerId, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
         let event = self.event(event).await?;
         let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
-        let mut room = room.lock();
+        let mut room = Self::lock(&room, &event);
         let slot = room.slot_of(customer).filter(|s| entry_id_of(*s) == entry_id).ok_or(QueueError::EntryNotFound)?;
         let now = self.0.clock.now();
         Ok(self.entry(&mut room, customer, &event.id, slot, now))
@@ -182,7 +197,7 @@ impl QueueService {
     pub async fn finished(&self, customer: &CustomerId, event: &EventId) {
         let Ok(event) = self.event(event).await else { return };
         let Some(room) = self.room(&event) else { return };
-        let mut room = room.lock();
+        let mut room = Self::lock(&room, &event);
         if let Some(slot) = room.slot_of(customer) {
             room.finish(slot, self.0.clock.now());
         }
@@ -192,7 +207,7 @@ impl QueueService {
     pub async fn overview(&self, event: &EventId) -> Result<Overview, QueueError> {
         let event = self.event(event).await?;
         let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
-        let mut room = room.lock();
+        let mut room = Self::lock(&room, &event);
         let now = self.0.clock.now();
         room.advance(now);
         let counts = room.counts();
