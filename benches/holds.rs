@@ -563,12 +563,13 @@ fn queue_in_process() {
         claim_window: Duration::from_secs(120),
         shopping_time: Duration::from_secs(900),
     };
-    let ids: Vec<CustomerId> = (0..FANS).map(|i| CustomerId::parse(&format!("cus_{i:032x}")).unwrap()).collect();
+    let ids: Vec<u64> =
+        (0..FANS).map(|i| boxoffice::accelerators::waiting_room::fan_key(&format!("fan{i}@example.com"))).collect();
     let before = resident_bytes();
     let mut room = Room::new(settings, DrawKey([3; 32]));
     let t = Instant::now();
     for id in &ids {
-        room.join(id, on_sale);
+        room.join(*id, on_sale);
     }
     let joins = t.elapsed();
     let per_fan = resident_bytes().saturating_sub(before) as f64 / f64::from(FANS);

@@ -111,6 +111,7 @@ async fn payments(
         .try_into()
         .map_err(|_| anyhow::anyhow!("the stored admission token key is not 32 bytes"))?;
     let queue = QueueService::new(
+        store.clone(),
         catalog,
         clock,
         AdmissionKey::new(admission),

@@ -20,7 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::domain::draw::{permute, DrawKey};
-use crate::domain::ids::CustomerId;
 use crate::domain::time::Timestamp;
 
 /// How admission is paced for one event.
@@ -71,7 +70,7 @@ pub struct Room {
     prequeue: Option<u32>,
     serving: u32,
     active: u32,
-    /// Admission credit, in thousandths of an admission.
+    /// Admission credit, in 1/60,000ths of an admission.
     credit: u64,
     last_tick: Option<Timestamp>,
     batches: VecDeque<Batch>,
@@ -81,6 +80,10 @@ pub struct Room {
     /// (time, serving) samples for the measured admission rate.
     samples: VecDeque<(Timestamp, u32)>,
 }
+
+/// Credit units per admission: a rate per minute earns this many units a
+/// minute for each admission, one per millisecond.
+const UNIT: u64 = 60_000;
 
 /// How far back the measured admission rate looks.
 const RATE_WINDOW: Duration = Duration::from_secs(300);
@@ -108,16 +111,27 @@ impl Room {
         self.settings
     }
 
-    /// Changes the pace while the room is live (admin `PATCH`).
-    pub fn set_pace(&mut self, rate_per_minute: u32, max_active: u32) {
+    /// Changes the pace while the room is live (admin `PATCH`), and the
+    /// on-sale time while the pre-queue has not been drawn yet.
+    pub fn set_pace(&mut self, rate_per_minute: u32, max_active: u32, on_sale_at: Timestamp) {
         self.settings.rate_per_minute = rate_per_minute;
         self.settings.max_active = max_active;
+        if self.prequeue.is_none() {
+            self.settings.on_sale_at = on_sale_at;
+        }
     }
 
-    /// The fan's join slot, and whether this call made it.
-    pub fn join(&mut self, customer: &CustomerId, now: Timestamp) -> (u32, bool) {
+    /// Whether the fan at `position` has finished shopping (their token no
+    /// longer admits them).
+    pub fn is_finished(&self, position: u32) -> bool {
+        self.finished.get(position)
+    }
+
+    /// The fan's join slot, and whether this call made it. `fan` is the
+    /// fan's key (see [`fan_key`]).
+    pub fn join(&mut self, fan: u64, now: Timestamp) -> (u32, bool) {
         self.advance(now);
-        let key = customer_key(customer);
+        let key = fan;
         if let Some(slot) = self.slots.get(&key) {
             return (*slot, false);
         }
@@ -127,9 +141,9 @@ impl Room {
         (slot, true)
     }
 
-    /// The join slot of a customer who joined.
-    pub fn slot_of(&self, customer: &CustomerId) -> Option<u32> {
-        self.slots.get(&customer_key(customer)).copied()
+    /// The join slot of a fan who joined.
+    pub fn slot_of(&self, fan: u64) -> Option<u32> {
+        self.slots.get(&fan).copied()
     }
 
     /// The 1-based queue position of a slot, once the draw has placed it.
@@ -154,11 +168,15 @@ impl Room {
             self.last_tick = Some(self.settings.on_sale_at);
         }
         self.release_lapsed(now);
+        // Time only moves on: a caller with an older "now" earns nothing (and
+        // undoes nothing), but a place freed meanwhile is still filled.
         let last = self.last_tick.unwrap_or(now);
         let elapsed = (now.as_millis() - last.as_millis()).max(0) as u64;
-        self.last_tick = Some(now);
-        self.credit += elapsed * u64::from(self.settings.rate_per_minute) * 1000 / 60_000;
-        let earned = (self.credit / 1000) as u32;
+        self.last_tick = Some(last.max(now));
+        // Credit is kept exactly, in 1/60,000ths of an admission (one
+        // admission per minute earns one unit per millisecond).
+        self.credit = self.credit.saturating_add(elapsed.saturating_mul(u64::from(self.settings.rate_per_minute)));
+        let earned = (self.credit / UNIT).min(u64::from(u32::MAX)) as u32;
         let room_left = self.settings.max_active.saturating_sub(self.active);
         let waiting = self.joined - self.serving;
         let admit = earned.min(room_left).min(waiting);
@@ -166,11 +184,11 @@ impl Room {
         // roomful), so a place that frees up is filled at once. Credit left
         // unused because nobody is waiting is dropped, so a quiet stretch
         // cannot admit a later crowd faster than the rate.
-        let rest = self.credit - u64::from(admit) * 1000;
+        let rest = self.credit - u64::from(admit) * UNIT;
         self.credit = if admit == waiting && admit < earned {
-            rest % 1000
+            rest % UNIT
         } else {
-            rest.min(u64::from(self.settings.max_active) * 1000)
+            rest.min(u64::from(self.settings.max_active) * UNIT)
         };
         if admit > 0 {
             self.serving += admit;
@@ -184,7 +202,10 @@ impl Room {
                 unclaimed_released: false,
             });
         }
-        self.samples.push_back((now, self.serving));
+        // At most one sample a second, however many fans are polling.
+        if self.samples.back().is_none_or(|(t, _)| now.as_millis() - t.as_millis() >= 1_000) {
+            self.samples.push_back((now, self.serving));
+        }
         while self.samples.len() > 2
             && self.samples[1].0.as_millis() <= now.as_millis() - RATE_WINDOW.as_millis() as i64
         {
@@ -196,7 +217,10 @@ impl Room {
         let claim_ms = self.settings.claim_window.as_millis() as i64;
         let shop_ms = self.settings.shopping_time.as_millis() as i64;
         for b in self.batches.iter_mut() {
-            if b.unclaimed_released || b.at.as_millis() + claim_ms > now.as_millis() {
+            if b.unclaimed_released {
+                continue;
+            }
+            if b.at.as_millis() + claim_ms > now.as_millis() {
                 break;
             }
             b.unclaimed_released = true;
@@ -215,7 +239,7 @@ impl Room {
     fn batch_index(&self, position: u32) -> Option<usize> {
         let i = self.batches.partition_point(|b| b.upto < position);
         let b = self.batches.get(i)?;
-        (position + b.count > b.upto).then_some(i)
+        (position > b.upto - b.count).then_some(i)
     }
 
     /// The entry's status now. An admitted fan who asks claims the turn.
@@ -308,13 +332,15 @@ pub struct RoomCounts {
     pub waiting: u32,
 }
 
-/// The map key of a customer: the low 64 bits of the id's UUIDv7, which
-/// are random (62 random bits). Two of a million fans share a key with
-/// odds of about 1 in 10^7; the worst that could do is give one of them the
-/// other's place in line (every token still names its own customer).
-fn customer_key(c: &CustomerId) -> u64 {
-    let hex = c.as_str().rsplit('_').next().unwrap_or("");
-    u64::from_str_radix(&hex[hex.len().saturating_sub(16)..], 16).unwrap_or(0)
+/// A fan's key in a room: the first 8 bytes of SHA-256 of their buyer key
+/// (the normalised email purchase limits count by), so one person signed in
+/// twice has one place. Two of a million fans share a key with odds of
+/// about 1 in 10^7; the worst that could do is give one of them the other's
+/// place in line (every token still names its own customer).
+pub fn fan_key(buyer: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(buyer.as_bytes());
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 /// A growable bit set indexed by queue position.
@@ -360,17 +386,17 @@ mod tests {
         )
     }
 
-    fn fans(n: usize) -> Vec<CustomerId> {
-        (0..n).map(|_| CustomerId::generate()).collect()
+    fn fans(n: usize) -> Vec<u64> {
+        (0..n).map(|i| fan_key(&format!("fan{i}@example.com"))).collect()
     }
 
     #[test]
     fn joining_twice_is_the_same_entry() {
         let mut r = room(60, 100);
-        let fan = CustomerId::generate();
-        let (slot, new) = r.join(&fan, at(0));
+        let fan = fan_key("fan@example.com");
+        let (slot, new) = r.join(fan, at(0));
         assert!(new);
-        assert_eq!(r.join(&fan, at(1)), (slot, false));
+        assert_eq!(r.join(fan, at(1)), (slot, false));
         assert_eq!(r.counts().joined, 1);
     }
 
@@ -378,10 +404,10 @@ mod tests {
     fn the_prequeue_is_drawn_at_the_on_sale_and_later_fans_queue_behind_in_order() {
         let mut r = room(60, 100);
         let early = fans(50);
-        let slots: Vec<u32> = early.iter().map(|f| r.join(f, at(10)).0).collect();
+        let slots: Vec<u32> = early.iter().map(|f| r.join(*f, at(10)).0).collect();
         assert!(matches!(r.status(slots[0], at(50)), Status::PreQueue { .. }));
-        let late = fans(5);
-        let late_slots: Vec<u32> = late.iter().map(|f| r.join(f, at(100)).0).collect();
+        let late: Vec<u64> = (0..5).map(|i| fan_key(&format!("late{i}@example.com"))).collect();
+        let late_slots: Vec<u32> = late.iter().map(|f| r.join(*f, at(100)).0).collect();
         let drawn: HashSet<u32> = slots.iter().map(|s| r.position(*s).unwrap()).collect();
         assert_eq!(drawn, (1..=50).collect(), "every pre-queue fan has exactly one place in 1..=50");
         let in_order: Vec<u32> = slots.iter().map(|s| r.position(*s).unwrap()).collect();
@@ -394,7 +420,7 @@ mod tests {
     fn fans_are_admitted_at_the_configured_rate_and_no_faster() {
         let mut r = room(60, 1_000); // one a second
         for f in fans(200) {
-            r.join(&f, at(0));
+            r.join(f, at(0));
         }
         r.advance(at(100));
         assert_eq!(r.counts().serving, 0, "nobody before the first second of the sale");
@@ -410,11 +436,39 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_rate_polled_every_millisecond_still_admits_at_that_rate() {
+        let mut r = room(30, 1_000); // one every two seconds
+        for f in fans(50) {
+            r.join(f, at(0));
+        }
+        for ms in 0..10_000u64 {
+            r.advance(at(100).plus(Duration::from_millis(ms)));
+        }
+        r.advance(at(110));
+        assert_eq!(r.counts().serving, 5, "no credit lost to rounding");
+        r.advance(at(105)); // an older "now" earns and undoes nothing
+        assert_eq!(r.counts().serving, 5);
+    }
+
+    #[test]
+    fn every_batch_gives_back_its_unclaimed_places_after_its_own_window() {
+        let mut r = room(60, 10);
+        let slots: Vec<u32> = fans(20).iter().map(|f| r.join(*f, at(0)).0).collect();
+        r.advance(at(101)); // batch 1: position 1
+        let first = *slots.iter().find(|s| r.position(**s) == Some(1)).unwrap();
+        assert!(matches!(r.status(first, at(101)), Status::Admitted { .. }), "claimed: shopping for a while");
+        r.advance(at(103)); // batch 2: positions 2 and 3, never claimed
+        assert_eq!(r.counts().active, 3);
+        r.advance(at(164)); // batch 2's window is over; batch 1 is still shopping
+        assert_eq!(r.counts().active - (r.counts().serving - 3), 1, "batch 2's places came back: {:?}", r.counts());
+    }
+
+    #[test]
     fn a_quiet_stretch_does_not_let_a_later_crowd_in_faster() {
         let mut r = room(60, 1_000);
         r.advance(at(700)); // ten minutes of sale with nobody waiting
         for f in fans(100) {
-            r.join(&f, at(700));
+            r.join(f, at(700));
         }
         r.advance(at(705));
         assert!(r.counts().serving <= 6, "{:?}", r.counts());
@@ -423,7 +477,7 @@ mod tests {
     #[test]
     fn capacity_caps_admission_and_a_finished_shopper_frees_a_place_at_once() {
         let mut r = room(600, 3);
-        let slots: Vec<u32> = fans(10).iter().map(|f| r.join(f, at(0)).0).collect();
+        let slots: Vec<u32> = fans(10).iter().map(|f| r.join(*f, at(0)).0).collect();
         r.advance(at(200));
         assert_eq!(r.counts().serving, 3, "max_active shoppers at once");
         let admitted: Vec<u32> = slots.iter().copied().filter(|s| r.position(*s).unwrap() <= 3).collect();
@@ -441,7 +495,7 @@ mod tests {
     #[test]
     fn an_unclaimed_turn_lapses_after_the_claim_window_and_its_place_is_reclaimed() {
         let mut r = room(600, 2);
-        let slots: Vec<u32> = fans(5).iter().map(|f| r.join(f, at(0)).0).collect();
+        let slots: Vec<u32> = fans(5).iter().map(|f| r.join(*f, at(0)).0).collect();
         r.advance(at(101));
         assert_eq!(r.counts().serving, 2);
         let by_position = |r: &Room, p: u32| *slots.iter().find(|s| r.position(**s) == Some(p)).unwrap();
@@ -461,7 +515,7 @@ mod tests {
     #[test]
     fn waiting_fans_see_their_place_and_an_honest_wait() {
         let mut r = room(60, 1_000);
-        let slots: Vec<u32> = fans(100).iter().map(|f| r.join(f, at(0)).0).collect();
+        let slots: Vec<u32> = fans(100).iter().map(|f| r.join(*f, at(0)).0).collect();
         r.advance(at(130));
         let last = *slots.iter().max_by_key(|s| r.position(**s)).unwrap();
         match r.status(last, at(130)) {
@@ -478,8 +532,7 @@ mod tests {
         let mut r = room(6_000, 10_000);
         let n = 1_000_000u32;
         for i in 0..n {
-            let id = CustomerId::parse(&format!("cus_{i:032x}")).unwrap();
-            r.join(&id, at(0));
+            r.join(u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15), at(0));
         }
         r.advance(at(100));
         assert_eq!(r.counts().joined, n);

@@ -69,9 +69,17 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
     let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+    bearer_token(value).ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))
+}
+
+/// The token of an `Authorization: Bearer <token>` value (any case of the
+/// scheme, surrounding blanks ignored): the one parse every caller shares.
+pub(super) fn bearer_token(value: &str) -> Option<&str> {
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
-        _ => Err(ApiError::unauthorized("send Authorization: Bearer <token>")),
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Some(token.trim())
+        }
+        _ => None,
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn create_hold(
     let selection = Selection::parse(draft)?;
     // An unknown event is answered by the booking path below.
     if let Some(event) = state.catalog.event(&event_id).await? {
-        super::queue::require_admission(&state, &customer, &event, &headers)?;
+        super::queue::require_admission(&state, &customer, &event, &headers).await?;
     }
     let hold = state.booking.place_hold(&customer, &event_id, selection).await?;
     let location = HeaderValue::from_str(&format!("/v1/holds/{}", hold.id)).map_err(|_| ApiError::internal())?;
@@ -127,11 +127,12 @@ pub async fn delete_hold(
 ) -> Result<StatusCode, ApiError> {
     let id = HoldId::parse(&id).ok_or_else(hold_not_found)?;
     match state.booking.release(&customer, &id).await? {
-        ReleaseOutcome::Released(h) | ReleaseOutcome::AlreadyEnded(h) | ReleaseOutcome::Lapsed { hold: h, .. } => {
+        ReleaseOutcome::Released(h) => {
             // Done shopping: the waiting room's next fan takes the place.
-            state.queue.finished(&customer.id, &h.event_id).await;
+            super::queue::done_shopping(&state, &customer, &h.event_id).await;
             Ok(StatusCode::NO_CONTENT)
         }
+        ReleaseOutcome::AlreadyEnded(_) | ReleaseOutcome::Lapsed { .. } => Ok(StatusCode::NO_CONTENT),
         ReleaseOutcome::InCheckout(_) => {
             Err(ApiError::conflict("hold_not_active", "payment for this hold is under way; it cannot be released"))
         }

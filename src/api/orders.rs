@@ -159,14 +159,14 @@ pub async fn checkout(
         Some(e) => state.catalog.event(e).await?,
         None => None,
     } {
-        super::queue::require_admission(&state, &customer, &event, &headers)?;
+        super::queue::require_admission(&state, &customer, &event, &headers).await?;
     }
     let fingerprint = idempotency::fingerprint(&[b"checkout", id.as_bytes(), pm.as_bytes()]);
     Ok(idempotency::once(&state, &customer, &key, fingerprint, async {
         let receipt = state.checkout.checkout(&customer, &hold, pm).await?;
         if receipt.order.status == OrderStatus::Confirmed {
             // Done shopping: the waiting room's next fan takes the place.
-            state.queue.finished(&customer.id, &receipt.order.event_id).await;
+            super::queue::done_shopping(&state, &customer, &receipt.order.event_id).await;
         }
         Ok((no_store(), Json(OrderView::new(&receipt))).into_response())
     })

@@ -83,16 +83,25 @@ pub fn admission_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Refuses a hold or checkout for an event with a waiting room unless the
 /// request carries this customer's valid token for it.
-pub fn require_admission(
+pub async fn require_admission(
     state: &AppState,
     customer: &Customer,
     event: &Event,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    state.queue.admit(&customer.id, event, admission_token(headers)).map_err(|e| {
+    state.queue.admit(&customer.id, event, admission_token(headers)).await.map_err(|e| {
         metrics::counter!("boxoffice_queue_rejections_total").increment(1);
         ApiError::from(e)
     })
+}
+
+/// Frees the fan's waiting-room place once they hold nothing more of the
+/// event (paid, or let go of their last hold).
+pub async fn done_shopping(state: &AppState, customer: &Customer, event: &crate::domain::ids::EventId) {
+    let live = state.store.customer_holds(customer, state.clock.now(), 100).await;
+    if live.is_ok_and(|holds| !holds.iter().any(|h| &h.event_id == event)) {
+        state.queue.finished(customer, event).await;
+    }
 }
 
 /// Joins the event's waiting room: 201 the first time, 200 with the same
@@ -108,7 +117,7 @@ pub async fn join(
     ApiPath(id): ApiPath,
 ) -> Result<Response, ApiError> {
     let event = parse_event_id(&id)?;
-    let (entry, new) = state.queue.join(&customer.id, &event).await?;
+    let (entry, new) = state.queue.join(&customer, &event).await?;
     if new {
         metrics::counter!("boxoffice_queue_joins_total").increment(1);
     }
@@ -126,7 +135,7 @@ pub async fn status(
     axum::extract::Path((id, entry)): axum::extract::Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let event = parse_event_id(&id)?;
-    let entry = state.queue.status(&customer.id, &event, &entry).await?;
+    let entry = state.queue.status(&customer, &event, &entry).await?;
     Ok((no_store(), Json(EntryView::from(entry))))
 }
 
@@ -185,7 +194,7 @@ pub async fn stream(
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let event = parse_event_id(&id)?;
     // The first read answers 404 before any stream is opened.
-    let first = state.queue.status(&customer.id, &event, &entry).await?;
+    let first = state.queue.status(&customer, &event, &entry).await?;
     let permit = state
         .seat_streams
         .clone()
@@ -213,7 +222,7 @@ pub async fn stream(
                 _ = tx.closed() => return,
                 _ = tick.tick() => {}
             }
-            current = state.queue.status(&customer.id, &event, &entry).await;
+            current = state.queue.status(&customer, &event, &entry).await;
         }
     });
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);

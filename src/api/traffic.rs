@@ -90,8 +90,10 @@ impl Traffic {
 
     fn client_ip(&self, req: &Request) -> Option<IpAddr> {
         if self.trust_forwarded_for {
+            // The right-most entry is the one our proxy appended; entries to
+            // its left come from the client and can be anything.
             let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-            if let Some(ip) = forwarded.and_then(|v| v.split(',').next()).and_then(|ip| ip.trim().parse().ok()) {
+            if let Some(ip) = forwarded.and_then(|v| v.rsplit(',').next()).and_then(|ip| ip.trim().parse().ok()) {
                 return Some(ip);
             }
         }
@@ -126,7 +128,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(super::extract::bearer_token);
         if let Some(token) = token.filter(|t| t.len() <= 256) {
             let hash = TokenHash::of(token);
             let admin = bool::from(hash.0.ct_eq(&state.admin_token_hash.0));

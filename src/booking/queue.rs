@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::accelerators::waiting_room::{Room, RoomSettings, Status};
+use crate::accelerators::waiting_room::{fan_key, Room, RoomSettings, Status};
 use crate::accelerators::CatalogCache;
 use crate::domain::admission::{AdmissionClaims, AdmissionKey, NotAdmitted};
 use crate::domain::draw::DrawKey;
 use crate::domain::event::Event;
 use crate::domain::ids::{CustomerId, EventId};
 use crate::domain::time::{Clock, Timestamp};
-use crate::store::StoreError;
+use crate::store::{Customer, DynStore, StoreError};
 
 /// How long a fan may wait to claim a turn, and how long a claimed turn
 /// lasts after that.
@@ -61,6 +61,7 @@ pub enum QueueError {
 pub struct QueueService(Arc<Inner>);
 
 struct Inner {
+    store: DynStore,
     rooms: RwLock<HashMap<EventId, Arc<Mutex<Room>>>>,
     key: AdmissionKey,
     catalog: Arc<CatalogCache>,
@@ -69,57 +70,63 @@ struct Inner {
 }
 
 impl QueueService {
-    pub fn new(catalog: Arc<CatalogCache>, clock: Arc<dyn Clock>, key: AdmissionKey, settings: QueueSettings) -> Self {
-        Self(Arc::new(Inner { rooms: RwLock::new(HashMap::new()), key, catalog, clock, settings }))
+    pub fn new(
+        store: DynStore,
+        catalog: Arc<CatalogCache>,
+        clock: Arc<dyn Clock>,
+        key: AdmissionKey,
+        settings: QueueSettings,
+    ) -> Self {
+        Self(Arc::new(Inner { store, rooms: RwLock::new(HashMap::new()), key, catalog, clock, settings }))
     }
 
     async fn event(&self, id: &EventId) -> Result<Arc<Event>, QueueError> {
         self.0.catalog.event(id).await?.ok_or(QueueError::EventNotFound)
     }
 
-    /// The event's room, made on first use and locked, its pace kept in
-    /// step with the event's settings; `None` when the event has no enabled
-    /// waiting room.
-    fn room(&self, event: &Event) -> Option<Arc<Mutex<Room>>> {
-        let w = event.waiting_room.as_ref().filter(|w| w.enabled)?;
-        let found = self.0.rooms.read().get(&event.id).cloned();
-        let room = match found {
-            Some(r) => r,
-            None => self
-                .0
-                .rooms
-                .write()
-                .entry(event.id.clone())
-                .or_insert_with(|| {
-                    let settings = RoomSettings {
-                        rate_per_minute: w.admission_rate_per_minute,
-                        max_active: w.max_active_shoppers,
-                        on_sale_at: event.on_sale_at,
-                        claim_window: self.0.settings.claim_window,
-                        shopping_time: self.0.settings.shopping_time,
-                    };
-                    let key = DrawKey(crate::domain::ticket::TicketSigner::generate_seed());
-                    Arc::new(Mutex::new(Room::new(settings, key)))
-                })
-                .clone(),
+    /// The event's room, made on first use; `None` when the event has no
+    /// enabled waiting room. Its draw key is kept in the database, so the
+    /// published commitment survives a restart.
+    async fn room(&self, event: &Event) -> Result<Option<Arc<Mutex<Room>>>, StoreError> {
+        let Some(w) = event.waiting_room.as_ref().filter(|w| w.enabled) else { return Ok(None) };
+        if let Some(room) = self.0.rooms.read().get(&event.id).cloned() {
+            return Ok(Some(room));
+        }
+        let fresh = crate::domain::ticket::TicketSigner::generate_seed().to_vec();
+        let stored = self.0.store.ensure_setting(&format!("draw_key:{}", event.id), fresh).await?;
+        let key = DrawKey(stored.try_into().map_err(|_| StoreError::Internal(anyhow::anyhow!("bad stored draw key")))?);
+        let settings = RoomSettings {
+            rate_per_minute: w.admission_rate_per_minute,
+            max_active: w.max_active_shoppers,
+            on_sale_at: event.on_sale_at,
+            claim_window: self.0.settings.claim_window,
+            shopping_time: self.0.settings.shopping_time,
         };
-        Some(room)
+        let room = self
+            .0
+            .rooms
+            .write()
+            .entry(event.id.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Room::new(settings, key))))
+            .clone();
+        Ok(Some(room))
     }
 
-    /// Locks `room`, first bringing its pace in step with `event`.
+    /// Locks `room`, first bringing its pace (and, before the draw, its
+    /// on-sale time) in step with `event`.
     fn lock<'r>(room: &'r Mutex<Room>, event: &Event) -> parking_lot::MutexGuard<'r, Room> {
         let mut guard = room.lock();
         if let Some(w) = &event.waiting_room {
-            guard.set_pace(w.admission_rate_per_minute, w.max_active_shoppers);
+            guard.set_pace(w.admission_rate_per_minute, w.max_active_shoppers, event.on_sale_at);
         }
         guard
     }
 
     /// Joins the fan to the event's queue: `(entry, true)` the first time,
     /// the same entry with `false` after.
-    pub async fn join(&self, customer: &CustomerId, event: &EventId) -> Result<(Entry, bool), QueueError> {
+    pub async fn join(&self, customer: &Customer, event: &EventId) -> Result<(Entry, bool), QueueError> {
         let event = self.event(event).await?;
-        let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
+        let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
         let now = self.0.clock.now();
         if let Some(opens) = event.waiting_room.as_ref().and_then(|w| w.prequeue_opens_at) {
             if now < opens && now < event.on_sale_at {
@@ -130,19 +137,23 @@ impl QueueService {
             return Err(QueueError::Closed);
         }
         let mut room = Self::lock(&room, &event);
-        let (slot, new) = room.join(customer, now);
-        Ok((self.entry(&mut room, customer, &event.id, slot, now), new))
+        let now = self.0.clock.now(); // read under the lock: rooms see time only move on
+        let (slot, new) = room.join(fan_key(customer.email.as_str()), now);
+        Ok((self.entry(&mut room, &customer.id, &event.id, slot, now), new))
     }
 
     /// The fan's own entry; anyone else's reads as absent. Asking while
     /// admitted claims the turn and returns the admission token.
-    pub async fn status(&self, customer: &CustomerId, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
+    pub async fn status(&self, customer: &Customer, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
         let event = self.event(event).await?;
-        let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
+        let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
         let mut room = Self::lock(&room, &event);
-        let slot = room.slot_of(customer).filter(|s| entry_id_of(*s) == entry_id).ok_or(QueueError::EntryNotFound)?;
+        let slot = room
+            .slot_of(fan_key(customer.email.as_str()))
+            .filter(|s| entry_id_of(*s) == entry_id)
+            .ok_or(QueueError::EntryNotFound)?;
         let now = self.0.clock.now();
-        Ok(self.entry(&mut room, customer, &event.id, slot, now))
+        Ok(self.entry(&mut room, &customer.id, &event.id, slot, now))
     }
 
     fn entry(&self, room: &mut Room, customer: &CustomerId, event: &EventId, slot: u32, now: Timestamp) -> Entry {
@@ -184,21 +195,29 @@ impl QueueService {
     }
 
     /// Whether this request may hold seats or check out for `event`: always
-    /// when the event has no waiting room, else only with a valid token.
-    pub fn admit(&self, customer: &CustomerId, event: &Event, token: Option<&str>) -> Result<(), NotAdmitted> {
+    /// when the event has no waiting room, else only with a valid token of a
+    /// turn that has not been finished.
+    pub async fn admit(&self, customer: &CustomerId, event: &Event, token: Option<&str>) -> Result<(), NotAdmitted> {
         if !event.waiting_room.as_ref().is_some_and(|w| w.enabled) {
             return Ok(());
         }
-        self.0.key.verify(token, customer, &event.id, self.0.clock.now()).map(|_| ())
+        let claims = self.0.key.verify(token, customer, &event.id, self.0.clock.now())?;
+        if let Ok(Some(room)) = self.room(event).await {
+            let position = u32::try_from(claims.position).unwrap_or(u32::MAX);
+            if room.lock().is_finished(position) {
+                return Err(NotAdmitted::Expired);
+            }
+        }
+        Ok(())
     }
 
     /// The fan is done shopping (paid, or let the hold go): their place is
-    /// free for the next fan at once.
-    pub async fn finished(&self, customer: &CustomerId, event: &EventId) {
+    /// free for the next fan at once, and their token admits no more.
+    pub async fn finished(&self, customer: &Customer, event: &EventId) {
         let Ok(event) = self.event(event).await else { return };
-        let Some(room) = self.room(&event) else { return };
+        let Ok(Some(room)) = self.room(&event).await else { return };
         let mut room = Self::lock(&room, &event);
-        if let Some(slot) = room.slot_of(customer) {
+        if let Some(slot) = room.slot_of(fan_key(customer.email.as_str())) {
             room.finish(slot, self.0.clock.now());
         }
     }
@@ -206,7 +225,7 @@ impl QueueService {
     /// The live state of an event's room, for organizers.
     pub async fn overview(&self, event: &EventId) -> Result<Overview, QueueError> {
         let event = self.event(event).await?;
-        let room = self.room(&event).ok_or(QueueError::NoWaitingRoom)?;
+        let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
         let mut room = Self::lock(&room, &event);
         let now = self.0.clock.now();
         room.advance(now);

@@ -130,6 +130,8 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them() {
     assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     assert_eq!(overview.body["active"], 1, "the buyer's place is free: {}", overview.body);
+    let after = hold_with(&app, fan, &event, "A5", Some(admission)).await;
+    after.assert_problem(403, "not_admitted"); // a finished turn's token admits no more
 
     // A token for another event does not open this one.
     let second = queued_event(&app, 100).await;
