@@ -101,9 +101,17 @@ impl Traffic {
     }
 }
 
-/// Checkout and payment traffic, which may use the reserve.
-fn is_payment(path: &str) -> bool {
-    path.ends_with("/checkout") || path.starts_with("/v1/orders/") || path == "/v1/checkins"
+/// Checkout and payment traffic, which may use the reserve: paying
+/// (`POST …/holds/{id}/checkout`), a signed-in fan's orders, and check-in.
+/// Anonymous requests never do.
+fn is_payment(method: &axum::http::Method, path: &str, signed_in: bool) -> bool {
+    use axum::http::Method;
+    // Inside the nested `/v1` router the prefix is already stripped.
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    signed_in
+        && ((method == Method::POST && path.starts_with("/holds/") && path.ends_with("/checkout"))
+            || path.starts_with("/orders/")
+            || (method == Method::POST && path == "/checkins"))
 }
 
 fn rate_limited(wait: Duration, scope: &'static str) -> Response {
@@ -143,7 +151,9 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     let permit = match traffic.general.try_acquire() {
         Ok(p) => Some(p),
-        Err(_) if is_payment(req.uri().path()) => traffic.reserved.try_acquire().ok(),
+        Err(_) if is_payment(req.method(), req.uri().path(), req.headers().contains_key(header::AUTHORIZATION)) => {
+            traffic.reserved.try_acquire().ok()
+        }
         Err(_) => None,
     };
     let Some(_permit) = permit else {
@@ -170,10 +180,15 @@ mod tests {
 
     #[test]
     fn payment_routes_are_the_ones_that_may_use_the_reserve() {
-        assert!(is_payment("/v1/holds/hld_1/checkout"));
-        assert!(is_payment("/v1/orders/ord_1"));
-        assert!(!is_payment("/v1/events/evt_1/queue"));
-        assert!(!is_payment("/v1/events/evt_1/holds"));
+        use axum::http::Method;
+        assert!(is_payment(&Method::POST, "/v1/holds/hld_1/checkout", true));
+        assert!(is_payment(&Method::GET, "/v1/orders/ord_1", true));
+        assert!(is_payment(&Method::POST, "/v1/checkins", true));
+        assert!(!is_payment(&Method::GET, "/v1/orders/ord_1", false), "anonymous requests never use it");
+        assert!(!is_payment(&Method::GET, "/v1/holds/hld_1/checkout", true));
+        assert!(!is_payment(&Method::POST, "/v1/events/evt_1/queue", true));
+        assert!(!is_payment(&Method::POST, "/v1/events/evt_1/holds", true));
+        assert!(is_payment(&Method::POST, "/holds/hld_1/checkout", true), "as the nested router sees it");
     }
 
     #[test]
