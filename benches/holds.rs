@@ -232,6 +232,21 @@ where
     }
 }
 
+/// A request's outcome as `drive` counts it: a success status with its body
+/// read is a win; anything else an error.
+async fn succeeded(req: reqwest::RequestBuilder) -> Result<bool, ()> {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
+        _ => Err(()),
+    }
+}
+
+/// The no-op baseline on `base`: the same stack answering an echo POST.
+async fn noop_baseline(client: &reqwest::Client, base: &str, body: Value) -> Outcome {
+    let (client, url) = (client.clone(), format!("{base}/bench/noop"));
+    drive("HTTP no-op JSON POST (baseline)", move |_, _| succeeded(client.post(&url).json(&body))).await
+}
+
 /// `BENCH_PHASES=inproc,noop,random,hot` runs a subset (the baseline
 /// always runs when an HTTP phase does, since ratios need it).
 fn phase(name: &str) -> bool {
@@ -515,19 +530,7 @@ async fn embedded_http(client: &reqwest::Client) {
     let dir = tempfile::tempdir().unwrap();
     let (app, _, _) = new_app(Backing::Sqlite(dir.path())).await;
     let base = serve(app);
-    let baseline = {
-        let (client, url) = (client.clone(), format!("{base}/bench/noop"));
-        drive("HTTP no-op JSON POST (baseline)", move |_, _| {
-            let req = client.post(&url).json(&json!({"seats": ["A7"]}));
-            async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
-                    _ => Err(()),
-                }
-            }
-        })
-        .await
-    };
+    let baseline = noop_baseline(client, &base, json!({"seats": ["A7"]})).await;
     baseline.print(Some(baseline.rate()));
 
     for (label, hot) in [("HTTP holds, random seats", false), ("HTTP holds, 10 hot seats", true)] {
@@ -609,31 +612,13 @@ async fn queue_http(client: &reqwest::Client) {
     let base = serve(app);
     println!("\nwaiting room over HTTP ({CUSTOMERS} customers; after each has joined once, joins repeat and return the same entry)\n");
     header();
-    let baseline = {
-        let (client, url) = (client.clone(), format!("{base}/bench/noop"));
-        drive("HTTP no-op JSON POST (baseline)", move |_, _| {
-            let req = client.post(&url).json(&json!({}));
-            async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
-                    _ => Err(()),
-                }
-            }
-        })
-        .await
-    };
+    let baseline = noop_baseline(client, &base, json!({})).await;
     baseline.print(Some(baseline.rate()));
     let join_url = format!("{base}/v1/events/{}/queue", queued.id);
     let joins = {
         let (client, url) = (client.clone(), join_url.clone());
         drive("HTTP queue joins", move |w, i| {
-            let req = client.post(&url).bearer_auth(format!("bench-token-{}", customer_index(w, i)));
-            async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
-                    _ => Err(()),
-                }
-            }
+            succeeded(client.post(&url).bearer_auth(format!("bench-token-{}", customer_index(w, i))))
         })
         .await
     };
@@ -657,13 +642,7 @@ async fn queue_http(client: &reqwest::Client) {
             let (client, url) = (client.clone(), join_url);
             drive("HTTP queue status polls", move |w, i| {
                 let c = customer_index(w, i);
-                let req = client.get(format!("{url}/{}", entries[c])).bearer_auth(format!("bench-token-{c}"));
-                async move {
-                    match req.send().await {
-                        Ok(r) if r.status().is_success() => r.bytes().await.map(|_| true).map_err(|_| ()),
-                        _ => Err(()),
-                    }
-                }
+                succeeded(client.get(format!("{url}/{}", entries[c])).bearer_auth(format!("bench-token-{c}")))
             })
             .await
         };

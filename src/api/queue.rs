@@ -14,7 +14,7 @@ use super::catalog::parse_event_id;
 use super::error::{ApiError, Problem};
 use super::extract::{Admin, ApiPath, CurrentCustomer};
 use super::AppState;
-use crate::booking::queue::{Entry, QueueError};
+use crate::booking::queue::{Entry, Overview, QueueError};
 use crate::domain::admission::NotAdmitted;
 use crate::domain::event::Event;
 use crate::store::Customer;
@@ -139,44 +139,17 @@ pub async fn status(
     Ok((no_store(), Json(EntryView::from(entry))))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct QueueOverview {
-    pub joined: u32,
-    pub waiting: u32,
-    pub admitted: u32,
-    /// Admitted and still shopping (or yet to claim).
-    pub active: u32,
-    pub rate_per_minute: u32,
-    pub measured_rate_per_minute: f64,
-    /// SHA-256 of the draw key, published before the on-sale.
-    pub draw_commitment: String,
-    /// The draw key, published once the draw has happened.
-    pub draw_key: Option<String>,
-}
-
 /// The live state of an event's waiting room.
 #[utoipa::path(get, path = "/v1/events/{id}/queue", tag = "queue", security(("admin" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = QueueOverview), (status = 409, description = "no_waiting_room", body = Problem)))]
+    responses((status = 200, body = Overview), (status = 409, description = "no_waiting_room", body = Problem)))]
 pub async fn overview(
     State(state): State<AppState>,
     _admin: Admin,
     ApiPath(id): ApiPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let o = state.queue.overview(&parse_event_id(&id)?).await?;
-    Ok((
-        no_store(),
-        Json(QueueOverview {
-            joined: o.joined,
-            waiting: o.waiting,
-            admitted: o.admitted,
-            active: o.active,
-            rate_per_minute: o.rate_per_minute,
-            measured_rate_per_minute: o.measured_rate_per_minute,
-            draw_commitment: o.draw_commitment,
-            draw_key: o.draw_key,
-        }),
-    ))
+    let overview = state.queue.overview(&parse_event_id(&id)?).await?;
+    Ok((no_store(), Json(overview)))
 }
 
 /// The caller's entry over server-sent events: an `entry` event now and at

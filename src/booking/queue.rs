@@ -243,16 +243,19 @@ impl QueueService {
     }
 }
 
-/// What organizers see of a room.
-#[derive(Clone, Debug, PartialEq)]
+/// What organizers see of a room (`GET /v1/events/{id}/queue`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub joined: u32,
     pub waiting: u32,
     pub admitted: u32,
+    /// Admitted and still shopping (or yet to claim).
     pub active: u32,
     pub rate_per_minute: u32,
     pub measured_rate_per_minute: f64,
+    /// SHA-256 of the draw key, published before the on-sale.
     pub draw_commitment: String,
+    /// The draw key, published once the draw has happened.
     pub draw_key: Option<String>,
 }
 
