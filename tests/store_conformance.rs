@@ -904,7 +904,11 @@ pub mod cases {
         assert_eq!(claim(a.clone(), "k1", hash, at(1)).await, KeyClaim::InFlight);
         assert_eq!(claim(a.clone(), "k1", [2u8; 32], at(1)).await, KeyClaim::Mismatch);
         assert_eq!(claim(b.clone(), "k1", [2u8; 32], at(1)).await, KeyClaim::Claimed, "keys are per customer");
+        assert_eq!(store.stored_response(&a, "k1", hash).await.unwrap(), None, "still running: nothing stored");
         store.finish_idempotency_key(&a, "k1", 200, b"{\"ok\":true}".to_vec()).await.unwrap();
+        assert_eq!(store.stored_response(&a, "k1", hash).await.unwrap(), Some((200, b"{\"ok\":true}".to_vec())));
+        assert_eq!(store.stored_response(&a, "k1", [2u8; 32]).await.unwrap(), None, "another request");
+        assert_eq!(store.stored_response(&b, "k9", hash).await.unwrap(), None);
         assert_eq!(
             claim(a.clone(), "k1", hash, at(2)).await,
             KeyClaim::Replay { status: 200, body: b"{\"ok\":true}".to_vec() }

@@ -101,6 +101,16 @@ where
     }
 }
 
+/// The stored answer to this exact request, if it has one: a retry gets it
+/// even when something it needed the first time (an admission token) is
+/// gone by now.
+pub async fn stored(state: &AppState, customer: &Customer, key: &str, fingerprint: [u8; 32]) -> Option<Response> {
+    match state.store.stored_response(&customer.id, key, fingerprint).await {
+        Ok(Some((status, body))) => Some(replay(status, body)),
+        _ => None,
+    }
+}
+
 fn replay(status: u16, body: Vec<u8>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = if status.is_success() { "application/json" } else { PROBLEM_JSON };

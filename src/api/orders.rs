@@ -151,6 +151,11 @@ pub async fn checkout(
     if pm.is_empty() || pm.len() > 255 || pm.chars().any(char::is_control) {
         return Err(ApiError::unprocessable("invalid_payment_method", "payment_method must be 1 to 255 characters"));
     }
+    let fingerprint = idempotency::fingerprint(&[b"checkout", id.as_bytes(), pm.as_bytes()]);
+    // A retry of a request that already has its answer gets it, token or not.
+    if let Some(replayed) = idempotency::stored(&state, &customer, &key, fingerprint).await {
+        return Ok(replayed);
+    }
     // A waiting room's admission is checked before the key is claimed: a
     // refusal for want of a token is not the request's stored answer.
     let hold = HoldId::parse(&id).ok_or_else(hold_not_found)?;
@@ -161,7 +166,6 @@ pub async fn checkout(
     } {
         super::queue::require_admission(&state, &customer, &event, &headers).await?;
     }
-    let fingerprint = idempotency::fingerprint(&[b"checkout", id.as_bytes(), pm.as_bytes()]);
     Ok(idempotency::once(&state, &customer, &key, fingerprint, async {
         let receipt = state.checkout.checkout(&customer, &hold, pm).await?;
         if receipt.order.status == OrderStatus::Confirmed {

@@ -388,6 +388,14 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         lease: std::time::Duration,
     ) -> StoreResult<KeyClaim>;
+    /// The stored response of a finished key whose request had this hash,
+    /// without claiming anything: `(status, body)`.
+    async fn stored_response(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        request_hash: [u8; 32],
+    ) -> StoreResult<Option<(u16, Vec<u8>)>>;
     /// Stores the response of a claimed key, to be replayed.
     async fn finish_idempotency_key(
         &self,

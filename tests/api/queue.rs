@@ -181,3 +181,34 @@ async fn the_stream_reports_the_entry_until_the_turn_comes() {
     assert_eq!(statuses.last(), Some(&"admitted"), "{statuses:?}");
     assert!(seen.last().unwrap()["admission_token"].is_string());
 }
+
+#[tokio::test]
+async fn a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired() {
+    let app = spawn_app().await;
+    let event = queued_event(&app, 100).await;
+    let fan = app.customer("fan@example.com").await;
+    let entry_id = join(&app, &fan, &event).await.body["entry_id"].as_str().unwrap().to_owned();
+    app.clock.advance(Duration::from_secs(101));
+    let admitted = entry(&app, &fan, &event, &entry_id).await;
+    let token = admitted["admission_token"].as_str().expect("admitted").to_owned();
+    let hold = hold_with(&app, &fan, &event, "A1", Some(&token)).await.id();
+    let pay = |key: &'static str, admission: Option<&str>| {
+        let mut req = app
+            .client
+            .post(app.url(&format!("/v1/holds/{hold}/checkout")))
+            .bearer_auth(&fan)
+            .header("Idempotency-Key", key)
+            .json(&json!({"payment_method": "pm_card_visa"}));
+        if let Some(a) = admission {
+            req = req.header("Admission-Token", a);
+        }
+        async move { crate::helpers::reply(req.send().await.unwrap()).await }
+    };
+    let paid = pay("pay-1", Some(&token)).await;
+    assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
+    app.clock.advance(Duration::from_secs(120 + 900 + 1)); // the token has expired
+    let replay = pay("pay-1", None).await;
+    assert_eq!((replay.status, &replay.body), (paid.status, &paid.body), "the stored answer, without a token");
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    pay("pay-2", None).await.assert_problem(403, "not_admitted");
+}

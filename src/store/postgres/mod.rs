@@ -1114,6 +1114,26 @@ impl Store for PgStore {
         checkout::claim_key(&self.pool, customer.as_str(), key, &request_hash, now, lease_ms).await.map_err(classify)
     }
 
+    async fn stored_response(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        request_hash: [u8; 32],
+    ) -> StoreResult<Option<(u16, Vec<u8>)>> {
+        let row: Option<(Vec<u8>, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE customer_id = $1 AND key = $2",
+        )
+        .bind(customer.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(match row {
+            Some((hash, Some(status), body)) if hash == request_hash => Some((status as u16, body.unwrap_or_default())),
+            _ => None,
+        })
+    }
+
     async fn finish_idempotency_key(
         &self,
         customer: &CustomerId,

@@ -1052,6 +1052,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stored_response(
+        &self,
+        customer: &CustomerId,
+        key: &str,
+        request_hash: [u8; 32],
+    ) -> StoreResult<Option<(u16, Vec<u8>)>> {
+        let (customer, key) = (customer.to_string(), key.to_owned());
+        self.read(move |c| {
+            let row: Option<(Vec<u8>, Option<u16>, Option<Vec<u8>>)> = c
+                .prepare_cached(
+                    "SELECT request_hash, status, body FROM idempotency_keys WHERE customer_id = ?1 AND key = ?2",
+                )?
+                .query_row(params![customer, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            Ok(match row {
+                Some((hash, Some(status), body)) if hash == request_hash => Some((status, body.unwrap_or_default())),
+                _ => None,
+            })
+        })
+        .await
+    }
+
     async fn finish_idempotency_key(
         &self,
         customer: &CustomerId,
