@@ -94,7 +94,7 @@ async fn payments(
     let signer = match &config.ticket_signing_key {
         Some(k) => TicketSigner::from_base64_seed(k).context("BOXOFFICE_TICKET_SIGNING_KEY")?,
         None => {
-            let fresh = TicketSigner::generate_seed().to_vec();
+            let fresh = crate::domain::customer::random_secret().to_vec();
             let seed: [u8; 32] = store
                 .ensure_setting("ticket_signing_seed", fresh)
                 .await?
@@ -106,7 +106,7 @@ async fn payments(
     let checkout = CheckoutService::new(booking, gateway, signer, config.payment_window_seconds);
     // Admission tokens are signed with a key every node shares.
     let admission: [u8; 32] = store
-        .ensure_setting("admission_token_key", TicketSigner::generate_seed().to_vec())
+        .ensure_setting("admission_token_key", crate::domain::customer::random_secret().to_vec())
         .await?
         .try_into()
         .map_err(|_| anyhow::anyhow!("the stored admission token key is not 32 bytes"))?;

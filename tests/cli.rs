@@ -135,76 +135,32 @@ async fn gateway_sim_serves_the_stripe_subset_and_its_ledger() {
     assert_eq!(ledger["entries"][0]["amount"], 2500);
 }
 
-/// `serve` with `BOXOFFICE_PAYMENTS=stripe` pays through the HTTP client,
-/// here against a separate `gateway-sim` process.
-#[tokio::test]
-async fn serve_pays_through_a_stripe_compatible_gateway_when_configured() {
+const SERVE_ADMIN: &str = "cli-admin-token-0123456789";
+const SIM_KEY: &str = "sk_test_cli_serve";
+
+/// A `gateway-sim` process requiring [`SIM_KEY`], with `extra` arguments;
+/// returns it and its base URL.
+fn start_gateway(extra: &[&str]) -> (Kill, String) {
     let mut sim = Command::new(BIN);
-    sim.args(["gateway-sim", "--listen", "127.0.0.1:0", "--api-key", "sk_test_serve"]);
-    let (_sim, line) = start_and_read(sim, "listening on");
+    sim.args(["gateway-sim", "--listen", "127.0.0.1:0", "--api-key", SIM_KEY]).args(extra);
+    let (sim, line) = start_and_read(sim, "listening on");
     let gateway = line.split_whitespace().find(|w| w.starts_with("http://")).expect("a base URL").to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let admin = "cli-admin-token-0123456789";
-    let mut serve = Command::new(BIN);
-    serve
-        .args(["serve", "--role", "api"])
-        .env("BOXOFFICE_DATA_DIR", dir.path())
-        .env("BOXOFFICE_LISTEN", "127.0.0.1:0")
-        .env("BOXOFFICE_ADMIN_TOKEN", admin)
-        .env("BOXOFFICE_PAYMENTS", "stripe")
-        .env("BOXOFFICE_STRIPE_URL", &gateway)
-        .env("BOXOFFICE_STRIPE_KEY", "sk_test_serve")
-        .env("BOXOFFICE_LOG", "info");
-    // The address is in the log line on stderr; read it from there.
-    serve.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = Kill(serve.spawn().unwrap());
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-        let found = lines.by_ref().find(|l| l.contains("boxoffice is serving"));
-        let _ = tx.send(found.unwrap_or_default());
-        lines.for_each(drop);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).expect("serve started");
-    let addr = line.split("addr=").nth(1).and_then(|r| r.split_whitespace().next()).expect("an address").to_owned();
-    let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
-    let post = |path: String, token: Option<&str>, body: serde_json::Value| {
-        let mut request = http.post(format!("{base}{path}")).header("Idempotency-Key", "cli-checkout").json(&body);
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
-        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
-    };
-    let venue = post("/v1/venues".into(), Some(admin), boxoffice::demo::venue_json()).await;
-    let now = boxoffice::domain::time::Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
-    let event =
-        post("/v1/events".into(), Some(admin), boxoffice::demo::event_json(venue["id"].as_str().unwrap(), now)).await;
-    let session = post("/v1/sessions".into(), None, serde_json::json!({"email": "fan@example.com"})).await;
-    let token = session["session_token"].as_str().unwrap();
-    let hold_path = format!("/v1/events/{}/holds", event["id"].as_str().unwrap());
-    let hold = post(hold_path, Some(token), serde_json::json!({"seats": ["A7"]})).await;
-    let checkout = format!("/v1/holds/{}/checkout", hold["id"].as_str().unwrap());
-    let order = post(checkout, Some(token), serde_json::json!({"payment_method": "pm_card_visa"})).await;
-    assert_eq!(order["status"], "confirmed", "{order}");
-    let ledger: serde_json::Value =
-        http.get(format!("{gateway}/sim/ledger")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(ledger["entries"][0]["metadata"]["order_id"], order["id"], "the separate gateway took the payment");
+    (sim, gateway)
 }
 
-/// `serve --role all` on `dir`, paying through `gateway`, reconciling every
-/// second; returns the process and its base URL.
+/// `serve --role all` on `dir`, paying through `gateway` (with
+/// `BOXOFFICE_PAYMENTS=stripe`), reconciling every second; returns the
+/// process and its base URL, read from its "serving" log line.
 fn start_serve(dir: &std::path::Path, gateway: &str) -> (Kill, String) {
     let mut serve = Command::new(BIN);
     serve
         .args(["serve", "--role", "all"])
         .env("BOXOFFICE_DATA_DIR", dir)
         .env("BOXOFFICE_LISTEN", "127.0.0.1:0")
-        .env("BOXOFFICE_ADMIN_TOKEN", CRASH_ADMIN)
+        .env("BOXOFFICE_ADMIN_TOKEN", SERVE_ADMIN)
         .env("BOXOFFICE_PAYMENTS", "stripe")
         .env("BOXOFFICE_STRIPE_URL", gateway)
-        .env("BOXOFFICE_STRIPE_KEY", "sk_test_crash")
+        .env("BOXOFFICE_STRIPE_KEY", SIM_KEY)
         .env("BOXOFFICE_RECONCILE_INTERVAL_SECONDS", "1")
         .env("BOXOFFICE_LOG", "info")
         .stdout(Stdio::null())
@@ -223,8 +179,7 @@ fn start_serve(dir: &std::path::Path, gateway: &str) -> (Kill, String) {
     (child, format!("http://{addr}"))
 }
 
-const CRASH_ADMIN: &str = "crash-admin-token-0123456789";
-
+/// A POST with a fresh `Idempotency-Key`, answered as JSON.
 async fn json_post(
     http: &reqwest::Client,
     url: String,
@@ -238,27 +193,75 @@ async fn json_post(
     request.send().await.unwrap().json().await.unwrap()
 }
 
+/// A venue, an event on sale and a signed-in fan on `base`: the event id
+/// and the fan's token.
+async fn seed_sale(http: &reqwest::Client, base: &str) -> (String, String) {
+    let venue = json_post(http, format!("{base}/v1/venues"), Some(SERVE_ADMIN), boxoffice::demo::venue_json()).await;
+    let now = boxoffice::domain::time::Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
+    let event_json = boxoffice::demo::event_json(venue["id"].as_str().unwrap(), now);
+    let event = json_post(http, format!("{base}/v1/events"), Some(SERVE_ADMIN), event_json).await;
+    let session =
+        json_post(http, format!("{base}/v1/sessions"), None, serde_json::json!({"email": "f@example.com"})).await;
+    (event["id"].as_str().unwrap().to_owned(), session["session_token"].as_str().unwrap().to_owned())
+}
+
+/// The fan's hold on one seat: its id.
+async fn hold_seat(http: &reqwest::Client, base: &str, event: &str, token: &str, seat: &str) -> String {
+    let hold =
+        json_post(http, format!("{base}/v1/events/{event}/holds"), Some(token), serde_json::json!({"seats": [seat]}))
+            .await;
+    hold["id"].as_str().unwrap().to_owned()
+}
+
+/// A checkout with a visa card, left running in the background.
+fn checkout_in_background(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    hold: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let request = http
+        .post(format!("{base}/v1/holds/{hold}/checkout"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&serde_json::json!({"payment_method": "pm_card_visa"}));
+    tokio::spawn(request.send())
+}
+
+/// `serve` with `BOXOFFICE_PAYMENTS=stripe` pays through the HTTP client,
+/// here against a separate `gateway-sim` process.
+#[tokio::test]
+async fn serve_pays_through_a_stripe_compatible_gateway_when_configured() {
+    let (_sim, gateway) = start_gateway(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, base) = start_serve(dir.path(), &gateway);
+    let http = reqwest::Client::new();
+    let (event, token) = seed_sale(&http, &base).await;
+    let hold = hold_seat(&http, &base, &event, &token, "A7").await;
+    let order = json_post(
+        &http,
+        format!("{base}/v1/holds/{hold}/checkout"),
+        Some(&token),
+        serde_json::json!({"payment_method": "pm_card_visa"}),
+    )
+    .await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let ledger: serde_json::Value =
+        http.get(format!("{gateway}/sim/ledger")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ledger["entries"][0]["metadata"]["order_id"], order["id"], "the separate gateway took the payment");
+}
+
 /// The service is killed (SIGKILL) at each recovery point of a checkout and
 /// started again on the same database; reconciliation reaches a consistent
 /// state against the same gateway, which outlives it: no double charge, no
 /// lost order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_mid_checkout_recovers_on_restart() {
-    let mut sim = Command::new(BIN);
-    sim.args(["gateway-sim", "--listen", "127.0.0.1:0", "--api-key", "sk_test_crash", "--settle-after-ms", "1500"]);
-    let (_sim, line) = start_and_read(sim, "listening on");
-    let gateway = line.split_whitespace().find(|w| w.starts_with("http://")).expect("a base URL").to_owned();
+    let (_sim, gateway) = start_gateway(&["--settle-after-ms", "1500"]);
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let (mut node, base) = start_serve(dir.path(), &gateway);
-    let venue = json_post(&http, format!("{base}/v1/venues"), Some(CRASH_ADMIN), boxoffice::demo::venue_json()).await;
-    let now = boxoffice::domain::time::Timestamp::from_millis(chrono::Utc::now().timestamp_millis());
-    let event_json = boxoffice::demo::event_json(venue["id"].as_str().unwrap(), now);
-    let event = json_post(&http, format!("{base}/v1/events"), Some(CRASH_ADMIN), event_json).await;
-    let event = event["id"].as_str().unwrap().to_owned();
-    let session =
-        json_post(&http, format!("{base}/v1/sessions"), None, serde_json::json!({"email": "f@example.com"})).await;
-    let token = session["session_token"].as_str().unwrap().to_owned();
+    let (event, token) = seed_sale(&http, &base).await;
     let ledger = || async {
         let l: serde_json::Value = reqwest::get(format!("{gateway}/sim/ledger")).await.unwrap().json().await.unwrap();
         l["entries"].as_array().unwrap().clone()
@@ -279,21 +282,8 @@ async fn a_service_killed_mid_checkout_recovers_on_restart() {
 
     // Point 1: killed after the gateway captured, before the answer was written.
     faults(serde_json::json!({"slow_responses_next": 1, "slow_response_ms": 30000})).await;
-    let hold =
-        json_post(&http, format!("{base}/v1/events/{event}/holds"), Some(&token), serde_json::json!({"seats": ["A1"]}))
-            .await;
-    let hold = hold["id"].as_str().unwrap().to_owned();
-    let pay = {
-        let (http, base, token, hold) = (http.clone(), base.clone(), token.clone(), hold.clone());
-        tokio::spawn(async move {
-            http.post(format!("{base}/v1/holds/{hold}/checkout"))
-                .bearer_auth(token)
-                .header("Idempotency-Key", "crash-1")
-                .json(&serde_json::json!({"payment_method": "pm_card_visa"}))
-                .send()
-                .await
-        })
-    };
+    let hold = hold_seat(&http, &base, &event, &token, "A1").await;
+    let pay = checkout_in_background(&http, &base, &token, &hold);
     for _ in 0..200 {
         if !ledger().await.is_empty() {
             break;
@@ -307,22 +297,9 @@ async fn a_service_killed_mid_checkout_recovers_on_restart() {
 
     // Point 2: killed after the attempt was written, before the gateway ran it.
     let (mut node, base) = start_serve(dir.path(), &gateway);
-    let hold2 =
-        json_post(&http, format!("{base}/v1/events/{event}/holds"), Some(&token), serde_json::json!({"seats": ["A2"]}))
-            .await;
-    let hold2 = hold2["id"].as_str().unwrap().to_owned();
+    let hold2 = hold_seat(&http, &base, &event, &token, "A2").await;
     faults(serde_json::json!({"latency_ms": 30000})).await;
-    let pay2 = {
-        let (http, base, token, hold2) = (http.clone(), base.clone(), token.clone(), hold2.clone());
-        tokio::spawn(async move {
-            http.post(format!("{base}/v1/holds/{hold2}/checkout"))
-                .bearer_auth(token)
-                .header("Idempotency-Key", "crash-2")
-                .json(&serde_json::json!({"payment_method": "pm_card_visa"}))
-                .send()
-                .await
-        })
-    };
+    let pay2 = checkout_in_background(&http, &base, &token, &hold2);
     for _ in 0..200 {
         let h: serde_json::Value = http
             .get(format!("{base}/v1/holds/{hold2}"))
@@ -345,10 +322,7 @@ async fn a_service_killed_mid_checkout_recovers_on_restart() {
 
     // Point 3: a pending payment, killed before it was confirmed.
     let (mut node, base) = start_serve(dir.path(), &gateway);
-    let hold3 =
-        json_post(&http, format!("{base}/v1/events/{event}/holds"), Some(&token), serde_json::json!({"seats": ["A3"]}))
-            .await;
-    let hold3 = hold3["id"].as_str().unwrap().to_owned();
+    let hold3 = hold_seat(&http, &base, &event, &token, "A3").await;
     let pending = json_post(
         &http,
         format!("{base}/v1/holds/{hold3}/checkout"),

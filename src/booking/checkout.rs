@@ -617,29 +617,29 @@ impl CheckoutService {
         let Some(order) = self.store().order(id).await?.filter(|o| o.customer_id == customer.id) else {
             return Ok(None);
         };
-        let receipt = self.refresh(order).await?;
-        if !receipt.order.status.unsettled() {
-            return Ok(Some(CancelOutcome::TooLate(receipt)));
-        }
-        let Some(attempt) = self.running_attempt(&receipt.order).await? else {
-            return Ok(Some(CancelOutcome::TooLate(receipt)));
+        // One gateway call when the attempt knows its intent: the cancel
+        // itself, whose refusal means the payment moved on.
+        let attempt = if order.status.unsettled() { self.running_attempt(&order).await? } else { None };
+        let Some(attempt) = attempt else { return Ok(Some(CancelOutcome::TooLate(self.receipt(order).await?))) };
+        let intent_id = match &attempt.intent_id {
+            Some(id) => id.clone(),
+            None => match self.find_intent(&attempt).await {
+                Ok(Some(i)) => i.id,
+                // Nothing reached the gateway (yet): the order stays as it is
+                // until reconciliation knows.
+                Ok(None) | Err(_) => return Ok(Some(CancelOutcome::TooLate(self.receipt(order).await?))),
+            },
         };
-        let intent = match self.find_intent(&attempt).await {
-            Ok(Some(i)) => i,
-            // Nothing reached the gateway (yet): the order stays as it is
-            // until reconciliation knows.
-            Ok(None) | Err(_) => return Ok(Some(CancelOutcome::TooLate(receipt))),
-        };
-        match self.0.gateway.cancel(&intent.id, &format!("boxoffice-cancel-{}", attempt.id)).await {
+        match self.0.gateway.cancel(&intent_id, &format!("boxoffice-cancel-{}", attempt.id)).await {
             Ok(canceled) => {
-                let Some(hold) = self.store().hold(&receipt.order.hold_id).await? else {
-                    return Err(StoreError::Internal(anyhow::anyhow!("order {} has no hold", receipt.order.id)));
+                let Some(hold) = self.store().hold(&order.hold_id).await? else {
+                    return Err(StoreError::Internal(anyhow::anyhow!("order {} has no hold", order.id)));
                 };
-                let after = self.apply(&receipt.order, &attempt, &hold, Ok(canceled)).await?;
+                let after = self.apply(&order, &attempt, &hold, Ok(canceled)).await?;
                 Ok(Some(CancelOutcome::Cancelled(after)))
             }
             // It moved on (processing or paid): report where it is now.
-            Err(_) => Ok(Some(CancelOutcome::TooLate(self.refresh(receipt.order).await?))),
+            Err(_) => Ok(Some(CancelOutcome::TooLate(self.refresh(order).await?))),
         }
     }
 

@@ -92,7 +92,7 @@ impl QueueService {
         if let Some(room) = self.0.rooms.read().get(&event.id).cloned() {
             return Ok(Some(room));
         }
-        let fresh = crate::domain::ticket::TicketSigner::generate_seed().to_vec();
+        let fresh = crate::domain::customer::random_secret().to_vec();
         let stored = self.0.store.ensure_setting(&format!("draw_key:{}", event.id), fresh).await?;
         let key = DrawKey(stored.try_into().map_err(|_| StoreError::Internal(anyhow::anyhow!("bad stored draw key")))?);
         let settings = RoomSettings {
@@ -198,7 +198,7 @@ impl QueueService {
     /// when the event has no waiting room, else only with a valid token of a
     /// turn that has not been finished.
     pub async fn admit(&self, customer: &CustomerId, event: &Event, token: Option<&str>) -> Result<(), NotAdmitted> {
-        if !event.waiting_room.as_ref().is_some_and(|w| w.enabled) {
+        if !event.has_waiting_room() {
             return Ok(());
         }
         let claims = self.0.key.verify(token, customer, &event.id, self.0.clock.now())?;

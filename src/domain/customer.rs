@@ -64,12 +64,18 @@ impl SessionToken {
     }
 }
 
-/// The one place tokens are minted: 256 bits from the operating system's
-/// CSPRNG, base64url, after a short prefix naming the token's kind.
-pub fn random_token(prefix: &str) -> String {
+/// 256 bits from the operating system's CSPRNG: the one source of tokens
+/// and of secret keys (ticket signing, admission tokens, draws).
+pub fn random_secret() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(bytes))
+    bytes
+}
+
+/// The one place tokens are minted: a [`random_secret`] in base64url,
+/// after a short prefix naming the token's kind.
+pub fn random_token(prefix: &str) -> String {
+    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(random_secret()))
 }
 
 /// What the database keeps instead of the token: SHA-256 of it. A stolen

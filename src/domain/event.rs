@@ -317,6 +317,11 @@ impl Event {
     }
 
     /// Holds are taken only while the event is on sale.
+    /// Whether fans queue in a waiting room for this event.
+    pub fn has_waiting_room(&self) -> bool {
+        self.waiting_room.as_ref().is_some_and(|w| w.enabled)
+    }
+
     pub fn check_on_sale(&self, now: Timestamp) -> Result<(), NotOnSale> {
         match self.status(now) {
             EventStatus::OnSale => Ok(()),

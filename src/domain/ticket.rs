@@ -10,7 +10,6 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "BXT1.";
@@ -50,13 +49,6 @@ impl TicketSigner {
     pub fn from_base64_seed(b64: &str) -> Option<Self> {
         let seed: [u8; 32] = URL_SAFE_NO_PAD.decode(b64.trim()).ok()?.try_into().ok()?;
         Some(Self::from_seed(&seed))
-    }
-
-    /// A fresh key, from the operating system's randomness.
-    pub fn generate_seed() -> [u8; 32] {
-        let mut seed = [0u8; 32];
-        rand::rng().fill_bytes(&mut seed);
-        seed
     }
 
     pub fn sign(&self, claims: &TicketClaims) -> String {
@@ -120,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_signed_code_verifies_with_the_published_key_alone() {
-        let signer = TicketSigner::from_seed(&TicketSigner::generate_seed());
+        let signer = TicketSigner::from_seed(&crate::domain::customer::random_secret());
         let code = signer.sign(&claims());
         let published = signer.verifier().public_key();
         let offline = TicketVerifier::from_public_key(&published).unwrap();

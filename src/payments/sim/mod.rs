@@ -189,6 +189,9 @@ struct SimIntent {
 #[derive(Default)]
 struct Books {
     intents: HashMap<String, SimIntent>,
+    /// `processing` intents by the time they settle, so a request looks
+    /// only at the ones that are due.
+    settling: std::collections::BTreeSet<(Timestamp, String)>,
     /// Creation order, for search results.
     order: Vec<String>,
     keys: HashMap<(String, String), KeyState>,
@@ -331,14 +334,12 @@ impl Simulator {
     /// Settles every `processing` intent whose time has come.
     fn settle_due(&self, books: &mut Books) {
         let now = self.now();
-        let due: Vec<String> = books
-            .intents
-            .iter()
-            .filter(|(_, i)| i.settles_at.is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            finish(books, &id, true, now);
+        while let Some((at, id)) = books.settling.first().cloned().filter(|(at, _)| *at <= now) {
+            books.settling.remove(&(at, id.clone()));
+            // One settled early (through /settle or 3-D Secure) is left alone.
+            if books.intents.get(&id).is_some_and(|i| i.settles_at == Some(at)) {
+                finish(books, &id, true, now);
+            }
         }
     }
 
@@ -713,6 +714,9 @@ fn create(sim: &Simulator, books: &mut Books, fields: &BTreeMap<String, String>,
     }
     let body = intent_json(&intent);
     books.order.push(id.clone());
+    if let Some(at) = settles_at {
+        books.settling.insert((at, id.clone()));
+    }
     books.intents.insert(id.clone(), SimIntent { intent, refunded: 0, settles_at });
     if capture {
         finish(books, &id, true, now);
