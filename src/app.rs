@@ -14,7 +14,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::accelerators::redis_locks::RedisSettings;
+use crate::accelerators::redis_conn::{RedisConn, RedisSettings};
+use crate::accelerators::redis_rooms::{RedisRooms, TickerSettings};
+use crate::accelerators::waiting_room::{InProcessRooms, WaitingRooms};
 use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
 use crate::api::traffic::{self, TrafficSettings};
 use crate::api::{self, AppState, HttpLimits, Payments};
@@ -68,6 +70,7 @@ async fn payments(
     store: &DynStore,
     booking: BookingService,
     catalog: Arc<CatalogCache>,
+    rooms: Arc<dyn WaitingRooms>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Payments> {
     let (url, key, simulator) = match config.payments {
@@ -112,6 +115,7 @@ async fn payments(
         .map_err(|_| anyhow::anyhow!("the stored admission token key is not 32 bytes"))?;
     let queue = QueueService::new(
         store.clone(),
+        rooms,
         catalog,
         clock,
         AdmissionKey::new(admission),
@@ -151,12 +155,12 @@ impl Application {
         store: DynStore,
         extra: Router<AppState>,
     ) -> anyhow::Result<Self> {
-        let locks: Arc<dyn SeatLocks> = match config.redis_urls().as_slice() {
-            [] => Arc::new(InProcessSeatLocks::new()),
-            urls => Arc::new(
-                RedisSeatLocks::connect(
+        // Scale-out: one Redis connection for seat locks and waiting rooms.
+        let redis = match config.redis_urls().as_slice() {
+            [] => None,
+            urls => Some(
+                RedisConn::connect(
                     urls,
-                    &config.redis_prefix,
                     RedisSettings {
                         call_timeout: Duration::from_millis(config.redis_timeout_ms.max(1)),
                         retry_after: Duration::from_millis(config.redis_retry_after_ms),
@@ -164,6 +168,13 @@ impl Application {
                 )
                 .await
                 .context("BOXOFFICE_REDIS_URL")?,
+            ),
+        };
+        let (locks, rooms): (Arc<dyn SeatLocks>, Arc<dyn WaitingRooms>) = match &redis {
+            None => (Arc::new(InProcessSeatLocks::new()), Arc::new(InProcessRooms::new())),
+            Some(redis) => (
+                Arc::new(RedisSeatLocks::new(redis.clone(), &config.redis_prefix)),
+                Arc::new(RedisRooms::new(redis.clone(), &config.redis_prefix, TickerSettings::default())),
             ),
         };
         let bus = match config.redis_urls().first() {
@@ -188,7 +199,7 @@ impl Application {
         )
         .context("notification settings")?;
         let booking = BookingService::with_feed(store.clone(), locks, clock.clone(), feed);
-        let payments = payments(config, &store, booking.clone(), catalog.clone(), clock).await?;
+        let payments = payments(config, &store, booking.clone(), catalog.clone(), rooms, clock).await?;
         let state = AppState::new(
             booking,
             payments,
@@ -271,13 +282,22 @@ impl Application {
             Role::Api => None,
         };
         let tidy = tokio::spawn(traffic::tidy_every(self.state.traffic.clone(), Duration::from_secs(60), stop.clone()));
+        // Redis rooms advance under a ticker lease, also while no fan asks.
+        let (rooms, clock) = (self.state.queue.rooms().clone(), self.state.clock.clone());
+        let ticker =
+            tokio::spawn(crate::jobs::every("queue-ticker", Duration::from_millis(250), stop.clone(), move || {
+                let (rooms, now) = (rooms.clone(), clock.now());
+                async move { rooms.tick_all(now).await }
+            }));
         let served = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
         stop.cancel();
-        for task in [jobs, listener, Some(tidy)].into_iter().flatten() {
+        for task in [jobs, listener, Some(tidy), Some(ticker)].into_iter().flatten() {
             let _ = task.await;
         }
+        // Hand the ticker leases over at once rather than after they lapse.
+        self.state.queue.rooms().stop().await;
         served.context("HTTP server failed")
     }
 }

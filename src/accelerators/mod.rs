@@ -5,7 +5,9 @@
 //! implement the same traits.
 
 pub mod catalog_cache;
+pub mod redis_conn;
 pub mod redis_locks;
+pub mod redis_rooms;
 pub mod seat_feed;
 pub mod seat_locks;
 pub mod waiting_room;

@@ -17,10 +17,155 @@
 //! with a fake clock.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+
 use crate::domain::draw::{permute, DrawKey};
+use crate::domain::ids::EventId;
 use crate::domain::time::Timestamp;
+
+/// One event's room as the service knows it: which event, its pace, and
+/// the draw key. Backends get it on every call, so an admin's change of
+/// pace takes effect at once on every node.
+#[derive(Clone, Debug)]
+pub struct RoomSpec {
+    pub event: EventId,
+    pub settings: RoomSettings,
+    pub key: DrawKey,
+}
+
+/// Where waiting rooms live: in this process (embedded), or in Redis
+/// (scale-out, shared by every node). `now` comes from the caller's clock.
+/// The same conformance tests run against both (tests/waiting_room.rs).
+#[async_trait]
+pub trait WaitingRooms: Send + Sync {
+    /// The fan's join slot, and whether this call made it.
+    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool)>;
+
+    /// The status of `slot` if it is the fan's (else `None`). An admitted
+    /// fan who asks claims the turn.
+    async fn status(&self, room: &RoomSpec, fan: u64, slot: u32, now: Timestamp) -> anyhow::Result<Option<Status>>;
+
+    /// The fan is done shopping: their place is free at once.
+    async fn finish(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<()>;
+
+    /// Whether the fan at `position` finished (their token admits no more).
+    async fn is_finished(&self, room: &RoomSpec, position: u32) -> anyhow::Result<bool>;
+
+    /// Counts and the measured admission rate, for organizers.
+    async fn overview(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<(RoomCounts, f64)>;
+
+    /// Brings admissions up to `now`. Returns whether this caller advanced
+    /// the room: always in-process; on Redis only the ticker lease's holder.
+    async fn tick(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<bool>;
+
+    /// Advances every room this node serves that needs a ticker (the
+    /// background ticker's pass). In-process rooms advance as they are
+    /// asked, so there is nothing to do.
+    async fn tick_all(&self, _now: Timestamp) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Lets go of anything this node holds (the Redis ticker leases), so
+    /// another node takes over at once.
+    async fn stop(&self) {}
+}
+
+/// Embedded rooms: one [`Room`] per event in this process.
+#[derive(Default)]
+pub struct InProcessRooms {
+    rooms: RwLock<HashMap<EventId, Arc<Mutex<Room>>>>,
+}
+
+impl InProcessRooms {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the event's room (made on first use), its pace first
+    /// brought in step with `spec`.
+    fn with<R>(&self, spec: &RoomSpec, f: impl FnOnce(&mut Room) -> R) -> R {
+        let existing = self.rooms.read().get(&spec.event).cloned();
+        let room = existing.unwrap_or_else(|| {
+            let fresh = || Arc::new(Mutex::new(Room::new(spec.settings, spec.key)));
+            self.rooms.write().entry(spec.event.clone()).or_insert_with(fresh).clone()
+        });
+        let mut room = room.lock();
+        let s = spec.settings;
+        room.set_pace(s.rate_per_minute, s.max_active, s.on_sale_at);
+        f(&mut room)
+    }
+}
+
+#[async_trait]
+impl WaitingRooms for InProcessRooms {
+    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool)> {
+        Ok(self.with(room, |r| r.join(fan, now)))
+    }
+
+    async fn status(&self, room: &RoomSpec, fan: u64, slot: u32, now: Timestamp) -> anyhow::Result<Option<Status>> {
+        Ok(self.with(room, |r| (r.slot_of(fan) == Some(slot)).then(|| r.status(slot, now))))
+    }
+
+    async fn finish(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<()> {
+        self.with(room, |r| {
+            if let Some(slot) = r.slot_of(fan) {
+                r.finish(slot, now);
+            }
+        });
+        Ok(())
+    }
+
+    async fn is_finished(&self, room: &RoomSpec, position: u32) -> anyhow::Result<bool> {
+        Ok(self.with(room, |r| r.is_finished(position)))
+    }
+
+    async fn overview(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<(RoomCounts, f64)> {
+        Ok(self.with(room, |r| {
+            r.advance(now);
+            (r.counts(), r.measured_rate_per_minute())
+        }))
+    }
+
+    async fn tick(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<bool> {
+        self.with(room, |r| r.advance(now));
+        Ok(true)
+    }
+}
+
+/// The 1-based queue position of join slot `slot`, once the pre-queue
+/// (the first `prequeue` slots) has been frozen: drawn inside it, FIFO after.
+pub fn position_of(key: &DrawKey, prequeue: u32, slot: u32) -> u32 {
+    if slot < prequeue {
+        permute(key, u64::from(prequeue), u64::from(slot)) as u32 + 1
+    } else {
+        slot + 1
+    }
+}
+
+/// Admissions per minute between two `(time, serving)` samples at least
+/// ten seconds apart, or `configured` before there is such a measurement.
+pub fn measured_rate(first: Option<(Timestamp, u32)>, last: Option<(Timestamp, u32)>, configured: u32) -> f64 {
+    match (first, last) {
+        (Some(a), Some(b)) if b.0.as_millis() - a.0.as_millis() >= 10_000 => {
+            f64::from(b.1.saturating_sub(a.1)) * 60_000.0 / (b.0.as_millis() - a.0.as_millis()) as f64
+        }
+        _ => f64::from(configured),
+    }
+}
+
+/// `ahead` fans at the measured rate; at the configured rate while the
+/// room is full and nobody is leaving (the measurement says 0 then).
+pub fn estimated_wait(ahead: u32, measured: f64, configured: u32) -> Duration {
+    let rate = if measured > 0.0 { measured } else { f64::from(configured) };
+    if rate <= 0.0 {
+        return Duration::from_secs(u64::from(u32::MAX));
+    }
+    Duration::from_secs_f64(f64::from(ahead) * 60.0 / rate)
+}
 
 /// How admission is paced for one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,12 +293,7 @@ impl Room {
 
     /// The 1-based queue position of a slot, once the draw has placed it.
     pub fn position(&self, slot: u32) -> Option<u32> {
-        let prequeue = self.prequeue?;
-        Some(if slot < prequeue {
-            permute(&self.key, u64::from(prequeue), u64::from(slot)) as u32 + 1
-        } else {
-            slot + 1
-        })
+        Some(position_of(&self.key, self.prequeue?, slot))
     }
 
     /// Brings admissions up to `now`: freezes the pre-queue at the on-sale,
@@ -294,33 +434,11 @@ impl Room {
     /// Admissions per minute over the last few minutes, or the configured
     /// rate before there is a measurement.
     pub fn measured_rate_per_minute(&self) -> f64 {
-        match (self.samples.front(), self.samples.back()) {
-            (Some(a), Some(b)) if b.0.as_millis() - a.0.as_millis() >= 10_000 => {
-                f64::from(b.1 - a.1) * 60_000.0 / (b.0.as_millis() - a.0.as_millis()) as f64
-            }
-            _ => f64::from(self.settings.rate_per_minute),
-        }
+        measured_rate(self.samples.front().copied(), self.samples.back().copied(), self.settings.rate_per_minute)
     }
 
-    /// `ahead` fans at the measured rate; at the configured rate while the
-    /// room is full and nobody is leaving (the measurement says 0 then).
     fn estimated_wait(&self, ahead: u32) -> Duration {
-        let measured = self.measured_rate_per_minute();
-        let rate = if measured > 0.0 { measured } else { f64::from(self.settings.rate_per_minute) };
-        if rate <= 0.0 {
-            return Duration::from_secs(u64::from(u32::MAX));
-        }
-        Duration::from_secs_f64(f64::from(ahead) * 60.0 / rate)
-    }
-
-    /// The draw key's commitment, published before the on-sale.
-    pub fn draw_commitment(&self) -> String {
-        self.key.commitment()
-    }
-
-    /// The draw key itself, published once the draw has happened.
-    pub fn draw_key(&self, now: Timestamp) -> Option<String> {
-        (now >= self.settings.on_sale_at).then(|| self.key.to_hex())
+        estimated_wait(ahead, self.measured_rate_per_minute(), self.settings.rate_per_minute)
     }
 }
 
@@ -363,8 +481,6 @@ impl BitSet {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
 
     const T0: Timestamp = Timestamp::from_millis(1_900_000_000_000);
@@ -391,66 +507,6 @@ mod tests {
     }
 
     #[test]
-    fn joining_twice_is_the_same_entry() {
-        let mut r = room(60, 100);
-        let fan = fan_key("fan@example.com");
-        let (slot, new) = r.join(fan, at(0));
-        assert!(new);
-        assert_eq!(r.join(fan, at(1)), (slot, false));
-        assert_eq!(r.counts().joined, 1);
-    }
-
-    #[test]
-    fn the_prequeue_is_drawn_at_the_on_sale_and_later_fans_queue_behind_in_order() {
-        let mut r = room(60, 100);
-        let early = fans(50);
-        let slots: Vec<u32> = early.iter().map(|f| r.join(*f, at(10)).0).collect();
-        assert!(matches!(r.status(slots[0], at(50)), Status::PreQueue { .. }));
-        let late: Vec<u64> = (0..5).map(|i| fan_key(&format!("late{i}@example.com"))).collect();
-        let late_slots: Vec<u32> = late.iter().map(|f| r.join(*f, at(100)).0).collect();
-        let drawn: HashSet<u32> = slots.iter().map(|s| r.position(*s).unwrap()).collect();
-        assert_eq!(drawn, (1..=50).collect(), "every pre-queue fan has exactly one place in 1..=50");
-        let in_order: Vec<u32> = slots.iter().map(|s| r.position(*s).unwrap()).collect();
-        assert_ne!(in_order, (1..=50).collect::<Vec<_>>(), "drawn, not in arrival order");
-        let after: Vec<u32> = late_slots.iter().map(|s| r.position(*s).unwrap()).collect();
-        assert_eq!(after, vec![51, 52, 53, 54, 55], "FIFO after the on-sale");
-    }
-
-    #[test]
-    fn fans_are_admitted_at_the_configured_rate_and_no_faster() {
-        let mut r = room(60, 1_000); // one a second
-        for f in fans(200) {
-            r.join(f, at(0));
-        }
-        r.advance(at(100));
-        assert_eq!(r.counts().serving, 0, "nobody before the first second of the sale");
-        r.advance(at(110));
-        assert_eq!(r.counts().serving, 10);
-        // Many small steps earn no more than one big one.
-        for ms in (0..10_000).step_by(250) {
-            r.advance(at(110).plus(Duration::from_millis(ms)));
-        }
-        r.advance(at(120));
-        assert_eq!(r.counts().serving, 20);
-        assert!((r.measured_rate_per_minute() - 60.0).abs() < 1.0, "{}", r.measured_rate_per_minute());
-    }
-
-    #[test]
-    fn a_slow_rate_polled_every_millisecond_still_admits_at_that_rate() {
-        let mut r = room(30, 1_000); // one every two seconds
-        for f in fans(50) {
-            r.join(f, at(0));
-        }
-        for ms in 0..10_000u64 {
-            r.advance(at(100).plus(Duration::from_millis(ms)));
-        }
-        r.advance(at(110));
-        assert_eq!(r.counts().serving, 5, "no credit lost to rounding");
-        r.advance(at(105)); // an older "now" earns and undoes nothing
-        assert_eq!(r.counts().serving, 5);
-    }
-
-    #[test]
     fn every_batch_gives_back_its_unclaimed_places_after_its_own_window() {
         let mut r = room(60, 10);
         let slots: Vec<u32> = fans(20).iter().map(|f| r.join(*f, at(0)).0).collect();
@@ -461,70 +517,6 @@ mod tests {
         assert_eq!(r.counts().active, 3);
         r.advance(at(164)); // batch 2's window is over; batch 1 is still shopping
         assert_eq!(r.counts().active - (r.counts().serving - 3), 1, "batch 2's places came back: {:?}", r.counts());
-    }
-
-    #[test]
-    fn a_quiet_stretch_does_not_let_a_later_crowd_in_faster() {
-        let mut r = room(60, 1_000);
-        r.advance(at(700)); // ten minutes of sale with nobody waiting
-        for f in fans(100) {
-            r.join(f, at(700));
-        }
-        r.advance(at(705));
-        assert!(r.counts().serving <= 6, "{:?}", r.counts());
-    }
-
-    #[test]
-    fn capacity_caps_admission_and_a_finished_shopper_frees_a_place_at_once() {
-        let mut r = room(600, 3);
-        let slots: Vec<u32> = fans(10).iter().map(|f| r.join(*f, at(0)).0).collect();
-        r.advance(at(200));
-        assert_eq!(r.counts().serving, 3, "max_active shoppers at once");
-        let admitted: Vec<u32> = slots.iter().copied().filter(|s| r.position(*s).unwrap() <= 3).collect();
-        for s in &admitted {
-            assert!(matches!(r.status(*s, at(200)), Status::Admitted { .. }));
-        }
-        r.finish(admitted[0], at(201));
-        assert_eq!(r.counts().active, 2);
-        r.advance(at(201));
-        assert_eq!(r.counts().serving, 4, "the freed place went to the next fan");
-        r.finish(admitted[0], at(202));
-        assert_eq!(r.counts().active, 3, "finishing twice frees once");
-    }
-
-    #[test]
-    fn an_unclaimed_turn_lapses_after_the_claim_window_and_its_place_is_reclaimed() {
-        let mut r = room(600, 2);
-        let slots: Vec<u32> = fans(5).iter().map(|f| r.join(*f, at(0)).0).collect();
-        r.advance(at(101));
-        assert_eq!(r.counts().serving, 2);
-        let by_position = |r: &Room, p: u32| *slots.iter().find(|s| r.position(**s) == Some(p)).unwrap();
-        let (first, second) = (by_position(&r, 1), by_position(&r, 2));
-        assert!(matches!(r.status(first, at(120)), Status::Admitted { .. }), "claims in time");
-        // The second never asks; after the window the place is given back
-        // and goes to the next fan at once.
-        r.advance(at(161));
-        assert!(matches!(r.status(second, at(161)), Status::Expired { .. }), "too late to claim");
-        assert_eq!((r.counts().serving, r.counts().active), (3, 2), "the reclaimed place admitted the next fan");
-        // A claimed turn ends with the shopping time.
-        assert!(matches!(r.status(first, at(700)), Status::Admitted { .. }));
-        r.advance(at(762));
-        assert!(matches!(r.status(first, at(762)), Status::Expired { .. }));
-    }
-
-    #[test]
-    fn waiting_fans_see_their_place_and_an_honest_wait() {
-        let mut r = room(60, 1_000);
-        let slots: Vec<u32> = fans(100).iter().map(|f| r.join(*f, at(0)).0).collect();
-        r.advance(at(130));
-        let last = *slots.iter().max_by_key(|s| r.position(**s)).unwrap();
-        match r.status(last, at(130)) {
-            Status::Waiting { position: 100, ahead, estimated_wait } => {
-                assert_eq!(ahead, 70);
-                assert!((estimated_wait.as_secs_f64() - 70.0).abs() < 2.0, "{estimated_wait:?}");
-            }
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]

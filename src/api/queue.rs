@@ -58,6 +58,10 @@ impl From<QueueError> for ApiError {
             QueueError::Closed => ApiError::conflict("queue_closed", "the sale is over"),
             QueueError::EntryNotFound => ApiError::not_found("entry_not_found", "no such queue entry"),
             QueueError::Store(s) => s.into(),
+            QueueError::Unavailable(e) => {
+                tracing::warn!(error = format!("{e:#}"), "waiting room backend failed");
+                ApiError::unavailable("queue_unavailable", "the waiting room is briefly unavailable; retry shortly")
+            }
         }
     }
 }

@@ -1,17 +1,18 @@
-//! The waiting room service: one in-process [`Room`] per event whose
-//! `waiting_room` is enabled, and admission tokens for the fans it lets in.
+//! The waiting room service: a room per event whose `waiting_room` is
+//! enabled, and admission tokens for the fans it lets in.
 //!
-//! The rooms live in this process (embedded mode): they are accelerators,
-//! and a restart loses them (fans join again; the database, which decides
-//! every seat, is untouched). The scale-out Redis room is to come.
+//! The rooms live in a [`WaitingRooms`] backend: in this process (embedded
+//! mode) or in Redis (scale-out, one queue across every node). Either way
+//! they are accelerators: losing them loses places in line (fans join
+//! again), never a seat or an order, which the database decides.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
-use crate::accelerators::waiting_room::{fan_key, Room, RoomSettings, Status};
+use crate::accelerators::waiting_room::{fan_key, RoomSettings, RoomSpec, Status, WaitingRooms};
 use crate::accelerators::CatalogCache;
 use crate::domain::admission::{AdmissionClaims, AdmissionKey, NotAdmitted};
 use crate::domain::draw::DrawKey;
@@ -53,6 +54,9 @@ pub enum QueueError {
     Closed,
     #[error("no such entry")]
     EntryNotFound,
+    /// The rooms' backend (Redis) did not answer.
+    #[error("the waiting room is unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -62,7 +66,9 @@ pub struct QueueService(Arc<Inner>);
 
 struct Inner {
     store: DynStore,
-    rooms: RwLock<HashMap<EventId, Arc<Mutex<Room>>>>,
+    rooms: Arc<dyn WaitingRooms>,
+    /// Each event's draw key, read once from the database.
+    draw_keys: RwLock<HashMap<EventId, DrawKey>>,
     key: AdmissionKey,
     catalog: Arc<CatalogCache>,
     clock: Arc<dyn Clock>,
@@ -72,29 +78,41 @@ struct Inner {
 impl QueueService {
     pub fn new(
         store: DynStore,
+        rooms: Arc<dyn WaitingRooms>,
         catalog: Arc<CatalogCache>,
         clock: Arc<dyn Clock>,
         key: AdmissionKey,
         settings: QueueSettings,
     ) -> Self {
-        Self(Arc::new(Inner { store, rooms: RwLock::new(HashMap::new()), key, catalog, clock, settings }))
+        Self(Arc::new(Inner { store, rooms, draw_keys: RwLock::new(HashMap::new()), key, catalog, clock, settings }))
+    }
+
+    /// The rooms' backend.
+    pub fn rooms(&self) -> &Arc<dyn WaitingRooms> {
+        &self.0.rooms
     }
 
     async fn event(&self, id: &EventId) -> Result<Arc<Event>, QueueError> {
         self.0.catalog.event(id).await?.ok_or(QueueError::EventNotFound)
     }
 
-    /// The event's room, made on first use; `None` when the event has no
-    /// enabled waiting room. Its draw key is kept in the database, so the
-    /// published commitment survives a restart.
-    async fn room(&self, event: &Event) -> Result<Option<Arc<Mutex<Room>>>, StoreError> {
+    /// The event's room; `None` when the event has no enabled waiting
+    /// room. Its draw key is kept in the database, so the published
+    /// commitment survives a restart and every node draws alike.
+    async fn room(&self, event: &Event) -> Result<Option<RoomSpec>, StoreError> {
         let Some(w) = event.waiting_room.as_ref().filter(|w| w.enabled) else { return Ok(None) };
-        if let Some(room) = self.0.rooms.read().get(&event.id).cloned() {
-            return Ok(Some(room));
-        }
-        let fresh = crate::domain::customer::random_secret().to_vec();
-        let stored = self.0.store.ensure_setting(&format!("draw_key:{}", event.id), fresh).await?;
-        let key = DrawKey(stored.try_into().map_err(|_| StoreError::Internal(anyhow::anyhow!("bad stored draw key")))?);
+        let known = self.0.draw_keys.read().get(&event.id).copied();
+        let key = match known {
+            Some(key) => key,
+            None => {
+                let fresh = crate::domain::customer::random_secret().to_vec();
+                let stored = self.0.store.ensure_setting(&format!("draw_key:{}", event.id), fresh).await?;
+                let key = DrawKey(
+                    stored.try_into().map_err(|_| StoreError::Internal(anyhow::anyhow!("bad stored draw key")))?,
+                );
+                *self.0.draw_keys.write().entry(event.id.clone()).or_insert(key)
+            }
+        };
         let settings = RoomSettings {
             rate_per_minute: w.admission_rate_per_minute,
             max_active: w.max_active_shoppers,
@@ -102,24 +120,7 @@ impl QueueService {
             claim_window: self.0.settings.claim_window,
             shopping_time: self.0.settings.shopping_time,
         };
-        let room = self
-            .0
-            .rooms
-            .write()
-            .entry(event.id.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Room::new(settings, key))))
-            .clone();
-        Ok(Some(room))
-    }
-
-    /// Locks `room`, first bringing its pace (and, before the draw, its
-    /// on-sale time) in step with `event`.
-    fn lock<'r>(room: &'r Mutex<Room>, event: &Event) -> parking_lot::MutexGuard<'r, Room> {
-        let mut guard = room.lock();
-        if let Some(w) = &event.waiting_room {
-            guard.set_pace(w.admission_rate_per_minute, w.max_active_shoppers, event.on_sale_at);
-        }
-        guard
+        Ok(Some(RoomSpec { event: event.id.clone(), settings, key }))
     }
 
     /// Joins the fan to the event's queue: `(entry, true)` the first time,
@@ -136,10 +137,9 @@ impl QueueService {
         if now >= event.starts_at || event.cancelled {
             return Err(QueueError::Closed);
         }
-        let mut room = Self::lock(&room, &event);
-        let now = self.0.clock.now(); // read under the lock: rooms see time only move on
-        let (slot, new) = room.join(fan_key(customer.email.as_str()), now);
-        Ok((self.entry(&mut room, &customer.id, &event.id, slot, now), new))
+        let fan = fan_key(customer.email.as_str());
+        let (slot, new) = self.0.rooms.join(&room, fan, now).await.map_err(QueueError::Unavailable)?;
+        Ok((self.entry(&room, fan, &customer.id, slot).await?, new))
     }
 
     /// The fan's own entry; anyone else's reads as absent. Asking while
@@ -147,16 +147,15 @@ impl QueueService {
     pub async fn status(&self, customer: &Customer, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
         let event = self.event(event).await?;
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
-        let mut room = Self::lock(&room, &event);
-        let slot = room
-            .slot_of(fan_key(customer.email.as_str()))
-            .filter(|s| entry_id_of(*s) == entry_id)
-            .ok_or(QueueError::EntryNotFound)?;
-        let now = self.0.clock.now();
-        Ok(self.entry(&mut room, &customer.id, &event.id, slot, now))
+        let slot = slot_of_entry_id(entry_id).ok_or(QueueError::EntryNotFound)?;
+        self.entry(&room, fan_key(customer.email.as_str()), &customer.id, slot).await
     }
 
-    fn entry(&self, room: &mut Room, customer: &CustomerId, event: &EventId, slot: u32, now: Timestamp) -> Entry {
+    /// The entry of `slot` if it is the fan's.
+    async fn entry(&self, room: &RoomSpec, fan: u64, customer: &CustomerId, slot: u32) -> Result<Entry, QueueError> {
+        let now = self.0.clock.now();
+        let status = self.0.rooms.status(room, fan, slot, now).await.map_err(QueueError::Unavailable)?;
+        let status = status.ok_or(QueueError::EntryNotFound)?;
         let base = Entry {
             entry_id: entry_id_of(slot),
             status: "waiting",
@@ -165,7 +164,7 @@ impl QueueService {
             admission_token: None,
             admitted_until: None,
         };
-        match room.status(slot, now) {
+        Ok(match status {
             Status::PreQueue { on_sale_at } => Entry {
                 status: "prequeue",
                 estimated_wait_seconds: Some(((on_sale_at.as_millis() - now.as_millis()).max(0) / 1000) as u64),
@@ -177,7 +176,7 @@ impl QueueService {
             Status::Admitted { position, until } => {
                 let claims = AdmissionClaims {
                     customer_id: customer.to_string(),
-                    event_id: event.to_string(),
+                    event_id: room.event.to_string(),
                     expires_at: until.as_millis(),
                     position: u64::from(position),
                 };
@@ -191,7 +190,7 @@ impl QueueService {
                 }
             }
             Status::Expired { position } => Entry { status: "expired", position: Some(position), ..base },
-        }
+        })
     }
 
     /// Whether this request may hold seats or check out for `event`: always
@@ -202,9 +201,11 @@ impl QueueService {
             return Ok(());
         }
         let claims = self.0.key.verify(token, customer, &event.id, self.0.clock.now())?;
+        // Without an answer from the rooms the signed token stands: it still
+        // names this fan and this event, and it expires.
         if let Ok(Some(room)) = self.room(event).await {
             let position = u32::try_from(claims.position).unwrap_or(u32::MAX);
-            if room.lock().is_finished(position) {
+            if self.0.rooms.is_finished(&room, position).await.unwrap_or(false) {
                 return Err(NotAdmitted::Expired);
             }
         }
@@ -216,9 +217,10 @@ impl QueueService {
     pub async fn finished(&self, customer: &Customer, event: &EventId) {
         let Ok(event) = self.event(event).await else { return };
         let Ok(Some(room)) = self.room(&event).await else { return };
-        let mut room = Self::lock(&room, &event);
-        if let Some(slot) = room.slot_of(fan_key(customer.email.as_str())) {
-            room.finish(slot, self.0.clock.now());
+        let fan = fan_key(customer.email.as_str());
+        if let Err(e) = self.0.rooms.finish(&room, fan, self.0.clock.now()).await {
+            // The place comes back when the turn ends anyway.
+            tracing::warn!(error = format!("{e:#}"), "could not free a finished shopper's place");
         }
     }
 
@@ -226,19 +228,18 @@ impl QueueService {
     pub async fn overview(&self, event: &EventId) -> Result<Overview, QueueError> {
         let event = self.event(event).await?;
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
-        let mut room = Self::lock(&room, &event);
         let now = self.0.clock.now();
-        room.advance(now);
-        let counts = room.counts();
+        let (counts, measured) = self.0.rooms.overview(&room, now).await.map_err(QueueError::Unavailable)?;
         Ok(Overview {
             joined: counts.joined,
             waiting: counts.waiting,
             admitted: counts.serving,
             active: counts.active,
-            rate_per_minute: room.settings().rate_per_minute,
-            measured_rate_per_minute: room.measured_rate_per_minute(),
-            draw_commitment: room.draw_commitment(),
-            draw_key: room.draw_key(now),
+            rate_per_minute: room.settings.rate_per_minute,
+            measured_rate_per_minute: measured,
+            draw_commitment: room.key.commitment(),
+            // Published once the draw has happened.
+            draw_key: (now >= room.settings.on_sale_at).then(|| room.key.to_hex()),
         })
     }
 }
@@ -261,4 +262,8 @@ pub struct Overview {
 
 fn entry_id_of(slot: u32) -> String {
     format!("qe_{slot}")
+}
+
+fn slot_of_entry_id(entry_id: &str) -> Option<u32> {
+    entry_id.strip_prefix("qe_")?.parse().ok().filter(|s| entry_id_of(*s) == entry_id)
 }

@@ -1,6 +1,7 @@
-//! The waiting room over HTTP (in-process rooms), with the app's fake clock:
-//! one place per fan, the pre-queue draw, paced admission, and admission
-//! tokens enforced on holds and checkout.
+//! The waiting room over HTTP, with the app's fake clock: one place per
+//! fan, the pre-queue draw, paced admission, and admission tokens enforced
+//! on holds and checkout. Every case runs on the in-process rooms and on
+//! the Redis rooms; the last runs three nodes on one Redis queue.
 
 use std::time::Duration;
 
@@ -9,7 +10,38 @@ use boxoffice::domain::time::Clock;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Reply, TestApp, ADMIN_TOKEN};
+use crate::helpers::{spawn_app, spawn_app_with, spawn_cluster, Backend, Reply, Setup, TestApp, ADMIN_TOKEN};
+use crate::redis_support::redis_url;
+
+/// Each case as two tests: `in_process::case` and `redis::case`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod in_process {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::spawn_app().await).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::spawn_redis_app().await).await
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    one_place_per_fan_and_the_prequeue_waits_for_the_draw,
+    fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them,
+    the_stream_reports_the_entry_until_the_turn_comes,
+    a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired,
+);
+
+/// The embedded store with scale-out rooms (and seat locks) in Redis.
+async fn spawn_redis_app() -> TestApp {
+    spawn_app_with(Setup { backend: Backend::Sqlite, redis_url: Some(redis_url()) }).await
+}
 
 /// An event with a waiting room (60 fans a minute, at most `max_active`
 /// shopping) going on sale 100 s from now.
@@ -47,9 +79,7 @@ async fn hold_with(app: &TestApp, token: &str, event: &str, seat: &str, admissio
     crate::helpers::reply(req.send().await.unwrap()).await
 }
 
-#[tokio::test]
-async fn one_place_per_fan_and_the_prequeue_waits_for_the_draw() {
-    let app = spawn_app().await;
+async fn one_place_per_fan_and_the_prequeue_waits_for_the_draw(app: TestApp) {
     let event = queued_event(&app, 100).await;
     let fan = app.customer("fan@example.com").await;
     let first = join(&app, &fan, &event).await;
@@ -70,9 +100,7 @@ async fn one_place_per_fan_and_the_prequeue_waits_for_the_draw() {
     assert_eq!(hold_with(&app, &fan, &plain, "A1", None).await.status, StatusCode::CREATED, "no token needed");
 }
 
-#[tokio::test]
-async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them() {
-    let app = spawn_app().await;
+async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: TestApp) {
     let event = queued_event(&app, 100).await;
     let mut fans = Vec::new();
     for i in 0..5 {
@@ -147,9 +175,7 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them() {
 
 /// The entry over SSE: the pre-queue state at once, then the turn when it
 /// comes, and the stream ends.
-#[tokio::test]
-async fn the_stream_reports_the_entry_until_the_turn_comes() {
-    let app = spawn_app().await;
+async fn the_stream_reports_the_entry_until_the_turn_comes(app: TestApp) {
     let event = queued_event(&app, 100).await;
     let fan = app.customer("fan@example.com").await;
     let entry_id = join(&app, &fan, &event).await.body["entry_id"].as_str().unwrap().to_owned();
@@ -182,9 +208,7 @@ async fn the_stream_reports_the_entry_until_the_turn_comes() {
     assert!(seen.last().unwrap()["admission_token"].is_string());
 }
 
-#[tokio::test]
-async fn a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired() {
-    let app = spawn_app().await;
+async fn a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired(app: TestApp) {
     let event = queued_event(&app, 100).await;
     let fan = app.customer("fan@example.com").await;
     let entry_id = join(&app, &fan, &event).await.body["entry_id"].as_str().unwrap().to_owned();
@@ -211,4 +235,38 @@ async fn a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired()
     assert_eq!((replay.status, &replay.body), (paid.status, &paid.body), "the stored answer, without a token");
     assert_eq!(replay.headers["idempotent-replayed"], "true");
     pay("pay-2", None).await.assert_problem(403, "not_admitted");
+}
+
+/// Three nodes behind a load balancer share one queue in Redis: fans who
+/// join through different nodes get distinct places, and the room lets
+/// them in at the event's rate, not once per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_run_one_queue() {
+    let cluster = spawn_cluster(3, Some(redis_url())).await;
+    let first = &cluster.nodes[0];
+    let event = queued_event(first, 100).await;
+    let mut fans = Vec::new();
+    for i in 0..9 {
+        let node = &cluster.nodes[i % 3];
+        let token = node.customer(&format!("fan{i}@example.com")).await;
+        let e = join(node, &token, &event).await;
+        assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    // A second join through another node finds the same place.
+    let again = join(&cluster.nodes[1], &fans[0].0, &event).await;
+    assert_eq!((again.status, again.body["entry_id"].as_str()), (StatusCode::OK, Some(fans[0].1.as_str())));
+    first.clock.advance(Duration::from_secs(103)); // three seconds into the sale: three fans in
+    let mut positions = Vec::new();
+    let mut admitted = 0;
+    for (i, (token, entry_id)) in fans.iter().enumerate() {
+        let e = entry(&cluster.nodes[(i + 1) % 3], token, &event, entry_id).await;
+        positions.push(e["position"].as_u64().unwrap());
+        admitted += usize::from(e["status"] == "admitted");
+    }
+    positions.sort();
+    assert_eq!(positions, (1..=9).collect::<Vec<_>>(), "one queue, one distinct place each");
+    assert_eq!(admitted, 3, "60 a minute for the event, however many nodes");
+    let overview = cluster.nodes[2].get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
+    assert_eq!((overview.body["joined"].as_u64(), overview.body["admitted"].as_u64()), (Some(9), Some(3)));
 }
