@@ -18,7 +18,7 @@ use crate::accelerators::redis_conn::{RedisConn, RedisSettings};
 use crate::accelerators::redis_rooms::{RedisRooms, TickerSettings};
 use crate::accelerators::waiting_room::{InProcessRooms, WaitingRooms};
 use crate::accelerators::{CatalogCache, InProcessSeatLocks, RedisBus, RedisSeatLocks, SeatFeed, SeatLocks};
-use crate::api::traffic::{self, TrafficSettings};
+use crate::api::traffic::{self, Traffic, TrafficSettings};
 use crate::api::{self, AppState, HttpLimits, Payments};
 use crate::booking::checkout::CheckoutService;
 use crate::booking::queue::{QueueService, QueueSettings};
@@ -208,15 +208,18 @@ impl Application {
             Duration::from_secs(config.session_ttl_hours * 3600),
             config.max_seat_streams,
             Duration::from_secs(config.request_timeout_seconds),
-            TrafficSettings {
-                max_in_flight: config.max_in_flight,
-                reserved_in_flight: config.reserved_in_flight,
-                per_ip_per_second: config.rate_limit_ip_per_second,
-                per_ip_burst: config.rate_limit_ip_burst,
-                per_customer_per_second: config.rate_limit_customer_per_second,
-                per_customer_burst: config.rate_limit_customer_burst,
-                trust_forwarded_for: config.trust_forwarded_for,
-            },
+            Traffic::new(
+                &TrafficSettings {
+                    max_in_flight: config.max_in_flight,
+                    reserved_in_flight: config.reserved_in_flight,
+                    per_ip_per_second: config.rate_limit_ip_per_second,
+                    per_ip_burst: config.rate_limit_ip_burst,
+                    per_customer_per_second: config.rate_limit_customer_per_second,
+                    per_customer_burst: config.rate_limit_customer_burst,
+                    trust_forwarded_for: config.trust_forwarded_for,
+                },
+                redis.map(|r| (r, config.redis_prefix.clone())),
+            ),
             telemetry::metrics_handle(),
         );
         let limits = HttpLimits {

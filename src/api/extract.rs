@@ -99,23 +99,31 @@ impl FromRequestParts<AppState> for CurrentCustomer {
             Some(h) => *h,
             None => TokenHash::of(token),
         };
-        let now = state.clock.now();
-        // The cache keeps each session's own expiry, so a cached session
-        // ends exactly when the stored one does.
-        if let Some((c, expires_at)) = state.sessions.get(&hash) {
-            if now < expires_at {
-                return Ok(CurrentCustomer(c));
-            }
-            state.sessions.invalidate(&hash);
-        }
-        match state.store.session_customer(hash, now).await? {
-            Some((c, expires_at)) => {
-                state.sessions.insert(hash, (c.clone(), expires_at));
-                Ok(CurrentCustomer(c))
-            }
+        match session_customer(state, hash).await? {
+            Some(c) => Ok(CurrentCustomer(c)),
             None => Err(ApiError::unauthorized("unknown or expired session token")),
         }
     }
+}
+
+/// The customer whose live session token hashes to `hash`, through the
+/// session cache. The cache keeps each session's own expiry, so a cached
+/// session ends exactly when the stored one does.
+pub async fn session_customer(state: &AppState, hash: TokenHash) -> Result<Option<Customer>, ApiError> {
+    let now = state.clock.now();
+    if let Some((c, expires_at)) = state.sessions.get(&hash) {
+        if now < expires_at {
+            return Ok(Some(c));
+        }
+        state.sessions.invalidate(&hash);
+    }
+    Ok(match state.store.session_customer(hash, now).await? {
+        Some((c, expires_at)) => {
+            state.sessions.insert(hash, (c.clone(), expires_at));
+            Some(c)
+        }
+        None => None,
+    })
 }
 
 /// The operator, holding `BOXOFFICE_ADMIN_TOKEN`. Any other bearer token

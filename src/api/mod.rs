@@ -99,7 +99,7 @@ impl AppState {
         session_ttl: Duration,
         max_seat_streams: usize,
         request_timeout: Duration,
-        traffic: traffic::TrafficSettings,
+        traffic: traffic::Traffic,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
         AppState(Arc::new(Shared {
@@ -115,7 +115,7 @@ impl AppState {
             seat_streams: Arc::new(tokio::sync::Semaphore::new(max_seat_streams)),
             checkout: payments.checkout,
             queue: payments.queue,
-            traffic: Arc::new(traffic::Traffic::new(&traffic)),
+            traffic: Arc::new(traffic),
             simulator: payments.simulator,
             idempotency_lease: request_timeout * 2,
         }))

@@ -1,8 +1,18 @@
 //! Traffic control in front of every `/v1` route: GCRA rate limits per
-//! client IP and per bearer token (governor), then a global in-flight limit
-//! that sheds excess load at once with 503 `overloaded`, keeping a reserve
-//! that only checkout and payment traffic may use, so fans who are paying
-//! keep working while browsing and queue joins are shed.
+//! client IP and per customer, then a global in-flight limit that sheds
+//! excess load at once with 503 `overloaded`, keeping a reserve that only
+//! checkout and payment traffic may use, so fans who are paying keep
+//! working while browsing and queue joins are shed.
+//!
+//! Rate limits are governor's in-process GCRA on one node. Scaled out, they
+//! are one GCRA per client across every node: a Lua script in Redis that
+//! reads the time from Redis itself (`TIME`), so nodes' clocks do not
+//! matter. While Redis does not answer, each node falls back to its own
+//! governor limit.
+//!
+//! "Per customer" is per person: the limit is keyed by the buyer's email
+//! (what purchase limits count by), so signing in many times buys no extra
+//! budget. A token that names no session is limited by its own hash.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -15,14 +25,17 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use redis::Script;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::accelerators::redis_conn::RedisConn;
 use crate::domain::customer::TokenHash;
 
-/// Limits, per node. A rate of 0 turns that limit off.
+/// Limits; a rate of 0 turns that limit off. In-flight limits are per
+/// node; rate limits are per node embedded and cluster-wide on Redis.
 #[derive(Clone, Copy, Debug)]
 pub struct TrafficSettings {
     pub max_in_flight: usize,
@@ -53,25 +66,105 @@ impl Default for TrafficSettings {
 pub struct Traffic {
     general: Semaphore,
     reserved: Semaphore,
-    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    per_token: Option<DefaultKeyedRateLimiter<[u8; 32]>>,
+    per_ip: Option<Limit<IpAddr>>,
+    per_customer: Option<Limit<CustomerKey>>,
     trust_forwarded_for: bool,
 }
 
-fn limiter<K: std::hash::Hash + Eq + Clone>(per_second: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<K>> {
-    let rate = NonZeroU32::new(per_second)?;
-    let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-    Some(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+/// GCRA in Redis. KEYS[1]: the client's key; ARGV: the emission interval
+/// and the burst tolerance, in microseconds. Returns 0 when the request may
+/// go, else how many microseconds until one may. The time is Redis's own.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if tat - tolerance > now then return tat - tolerance - now end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return 0
+";
+
+/// One rate limit: cluster-wide in Redis when there is one, else (and
+/// while Redis does not answer) this node's own.
+struct Limit<K: std::hash::Hash + Eq + Clone> {
+    scope: &'static str,
+    local: DefaultKeyedRateLimiter<K>,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    redis: RedisConn,
+    script: Script,
+    prefix: String,
+    interval_us: String,
+    tolerance_us: String,
+}
+
+impl<K: std::hash::Hash + Eq + Clone + std::fmt::Display> Limit<K> {
+    fn new(scope: &'static str, per_second: u32, burst: u32, redis: Option<&(RedisConn, String)>) -> Option<Self> {
+        let rate = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+        let interval_us = 1_000_000 / u64::from(rate.get());
+        let shared = redis.map(|(redis, prefix)| Shared {
+            redis: redis.clone(),
+            script: Script::new(GCRA),
+            prefix: format!("{prefix}rl:{scope}:"),
+            interval_us: interval_us.max(1).to_string(),
+            tolerance_us: (interval_us * u64::from(burst.get() - 1)).to_string(),
+        });
+        Some(Limit { scope, local: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)), shared })
+    }
+
+    /// `Err(wait)` when the client is past its rate.
+    async fn check(&self, key: &K) -> Result<(), Duration> {
+        if let Some(s) = &self.shared {
+            let keys = [format!("{}{key}", s.prefix)];
+            let answer = s.redis.run(&s.script, &keys, &[&s.interval_us, &s.tolerance_us]).await;
+            if let Ok(wait) = answer.and_then(|v| Ok(redis::from_redis_value::<i64>(&v)?)) {
+                return if wait > 0 { Err(Duration::from_micros(wait as u64)) } else { Ok(()) };
+            }
+        }
+        self.local.check_key(key).map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    fn tidy(&self) {
+        self.local.retain_recent();
+        self.local.shrink_to_fit();
+    }
+}
+
+/// What the per-customer limit counts by: the buyer (see the module docs),
+/// or an unknown token's hash. Hex, as a Redis key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CustomerKey([u8; 16]);
+
+impl std::fmt::Display for CustomerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl CustomerKey {
+    fn of(what: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(what);
+        let mut key = [0; 16];
+        key.copy_from_slice(&d[..16]);
+        CustomerKey(key)
+    }
 }
 
 impl Traffic {
-    pub fn new(s: &TrafficSettings) -> Traffic {
+    /// `shared`: the Redis connection and key prefix for cluster-wide rate
+    /// limits, when scaled out.
+    pub fn new(s: &TrafficSettings, shared: Option<(RedisConn, String)>) -> Traffic {
         let reserved = s.reserved_in_flight.min(s.max_in_flight);
         Traffic {
             general: Semaphore::new(s.max_in_flight - reserved),
             reserved: Semaphore::new(reserved),
-            per_ip: limiter(s.per_ip_per_second, s.per_ip_burst),
-            per_token: limiter(s.per_customer_per_second, s.per_customer_burst),
+            per_ip: Limit::new("ip", s.per_ip_per_second, s.per_ip_burst, shared.as_ref()),
+            per_customer: Limit::new("customer", s.per_customer_per_second, s.per_customer_burst, shared.as_ref()),
             trust_forwarded_for: s.trust_forwarded_for,
         }
     }
@@ -79,12 +172,10 @@ impl Traffic {
     /// Forgets rate-limit state of clients not seen lately (run periodically).
     pub fn tidy(&self) {
         if let Some(l) = &self.per_ip {
-            l.retain_recent();
-            l.shrink_to_fit();
+            l.tidy();
         }
-        if let Some(l) = &self.per_token {
-            l.retain_recent();
-            l.shrink_to_fit();
+        if let Some(l) = &self.per_customer {
+            l.tidy();
         }
     }
 
@@ -114,7 +205,8 @@ fn is_payment(method: &axum::http::Method, path: &str, signed_in: bool) -> bool 
             || (method == Method::POST && path == "/checkins"))
 }
 
-fn rate_limited(wait: Duration, scope: &'static str) -> Response {
+fn rate_limited<K: std::hash::Hash + Eq + Clone>(wait: Duration, limit: &Limit<K>) -> Response {
+    let scope = limit.scope;
     metrics::counter!("boxoffice_rate_limited_total", "scope" => scope).increment(1);
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
@@ -127,11 +219,11 @@ fn rate_limited(wait: Duration, scope: &'static str) -> Response {
 pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let traffic = &state.traffic;
     if let (Some(limit), Some(ip)) = (&traffic.per_ip, traffic.client_ip(&req)) {
-        if let Err(not_until) = limit.check_key(&ip) {
-            return rate_limited(not_until.wait_time_from(DefaultClock::default().now()), "ip");
+        if let Err(wait) = limit.check(&ip).await {
+            return rate_limited(wait, limit);
         }
     }
-    if let Some(limit) = &traffic.per_token {
+    if let Some(limit) = &traffic.per_customer {
         let token = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -141,8 +233,14 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             let hash = TokenHash::of(token);
             let admin = bool::from(hash.0.ct_eq(&state.admin_token_hash.0));
             if !admin {
-                if let Err(not_until) = limit.check_key(&hash.0) {
-                    return rate_limited(not_until.wait_time_from(DefaultClock::default().now()), "customer");
+                // The session lookup the auth extractor would make (it then
+                // finds it cached).
+                let key = match super::extract::session_customer(&state, hash).await {
+                    Ok(Some(customer)) => CustomerKey::of(customer.email.as_str().as_bytes()),
+                    _ => CustomerKey::of(&hash.0),
+                };
+                if let Err(wait) = limit.check(&key).await {
+                    return rate_limited(wait, limit);
                 }
             }
             // Hashed once: the auth extractor reuses it.
@@ -193,9 +291,9 @@ mod tests {
 
     #[test]
     fn the_reserve_is_part_of_the_total() {
-        let t = Traffic::new(&TrafficSettings { max_in_flight: 10, reserved_in_flight: 3, ..Default::default() });
+        let t = Traffic::new(&TrafficSettings { max_in_flight: 10, reserved_in_flight: 3, ..Default::default() }, None);
         assert_eq!((t.general.available_permits(), t.reserved.available_permits()), (7, 3));
-        let t = Traffic::new(&TrafficSettings { max_in_flight: 2, reserved_in_flight: 5, ..Default::default() });
+        let t = Traffic::new(&TrafficSettings { max_in_flight: 2, reserved_in_flight: 5, ..Default::default() }, None);
         assert_eq!((t.general.available_permits(), t.reserved.available_permits()), (0, 2));
     }
 }

@@ -164,10 +164,16 @@ impl Cluster {
 }
 
 pub async fn spawn_cluster(n: usize, redis_url: Option<String>) -> Cluster {
+    spawn_cluster_tuned(n, redis_url, |_| {}).await
+}
+
+/// A cluster whose nodes share the configuration `tune` makes.
+pub async fn spawn_cluster_tuned(n: usize, redis_url: Option<String>, tune: impl FnOnce(&mut Config)) -> Cluster {
     let setup = Setup { backend: Backend::Postgres, redis_url };
     let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
     let database = TestDatabase::create().await;
-    let config = node_config(&setup, Some(&database), redis_keys.as_ref());
+    let mut config = node_config(&setup, Some(&database), redis_keys.as_ref());
+    tune(&mut config);
     let clock = FakeClock::starting_now();
     let mut nodes = Vec::with_capacity(n);
     for _ in 0..n {

@@ -9,7 +9,8 @@ use boxoffice::payments::sim::FaultsPatch;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{spawn_app_tuned, ADMIN_TOKEN};
+use crate::helpers::{spawn_app_tuned, spawn_cluster_tuned, ADMIN_TOKEN};
+use crate::redis_support::redis_url;
 
 #[tokio::test]
 async fn a_customer_past_their_rate_gets_429_with_retry_after() {
@@ -27,6 +28,11 @@ async fn a_customer_past_their_rate_gets_429_with_retry_after() {
     let retry: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     assert_eq!(app.get("/v1/customers/me/holds", Some(&other)).await.status, StatusCode::OK, "per customer");
+    // Per person, not per sign-in: a fresh session for the same email
+    // shares the budget.
+    let again = app.customer("fan@example.com").await;
+    assert_ne!(again, fan);
+    app.get("/v1/customers/me/holds", Some(&again)).await.assert_problem(429, "rate_limited");
     for _ in 0..5 {
         let admin = app.post("/v1/venues", Some(ADMIN_TOKEN), boxoffice::demo::venue_json()).await;
         assert_eq!(admin.status, StatusCode::CREATED, "the operator is not rate limited");
@@ -99,4 +105,52 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
         assert_eq!(t.await.unwrap().body["status"], "confirmed");
     }
     assert_eq!(app.get(&format!("/v1/events/{event}"), None).await.status, StatusCode::OK, "capacity is back");
+}
+
+/// Scaled out, a client's rate is one budget across every node (GCRA in
+/// Redis, on Redis's clock), not one per node. The limit is 1 a second with
+/// a burst of 3, so over `e` seconds at most `3 + e` requests pass; two
+/// nodes with a budget each would pass 6 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_are_shared_by_every_node() {
+    let cluster = spawn_cluster_tuned(2, Some(redis_url()), |c| {
+        c.rate_limit_customer_per_second = 1;
+        c.rate_limit_customer_burst = 3;
+        c.rate_limit_ip_per_second = 1;
+        c.rate_limit_ip_burst = 3;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    let fan = cluster.nodes[0].customer("fan@example.com").await;
+    let started = std::time::Instant::now();
+    let mut passed = 0;
+    for i in 0..10 {
+        let node = &cluster.nodes[i % 2];
+        // Each request from its own address: only the customer limit binds.
+        let r = node
+            .client
+            .get(node.url("/v1/customers/me/holds"))
+            .bearer_auth(&fan)
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::OK => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(r.headers().contains_key("retry-after")),
+            other => panic!("{other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs() as usize;
+    assert!(passed >= 3 && passed <= 3 + elapsed, "{passed} passed in about {elapsed} s");
+    // One address across both nodes, anonymous: the address limit binds.
+    let started = std::time::Instant::now();
+    let mut passed = 0;
+    for i in 0..10 {
+        let node = &cluster.nodes[i % 2];
+        let r = node.client.get(node.url("/v1/events?limit=1")).header("x-forwarded-for", "203.0.113.9");
+        passed += usize::from(r.send().await.unwrap().status() == StatusCode::OK);
+    }
+    let elapsed = started.elapsed().as_secs() as usize;
+    assert!(passed >= 3 && passed <= 3 + elapsed, "{passed} passed in about {elapsed} s");
 }
