@@ -119,7 +119,8 @@ pub async fn done_shopping(state: &AppState, customer: &Customer, event: &crate:
     params(("id" = String, Path)),
     responses((status = 201, body = EntryView), (status = 200, description = "already in the queue", body = EntryView),
               (status = 404, description = "event_not_found", body = Problem),
-              (status = 409, description = "no_waiting_room, queue_not_open, queue_closed", body = Problem)))]
+              (status = 409, description = "no_waiting_room, queue_not_open, queue_closed", body = Problem),
+              (status = 503, description = "queue_unavailable", body = Problem)))]
 pub async fn join(
     State(state): State<AppState>,
     CurrentCustomer(customer): CurrentCustomer,
@@ -137,7 +138,8 @@ pub async fn join(
 /// The caller's place in the queue; while admitted, also the admission token.
 #[utoipa::path(get, path = "/v1/events/{id}/queue/{entry_id}", tag = "queue", security(("customer" = [])),
     params(("id" = String, Path), ("entry_id" = String, Path)),
-    responses((status = 200, body = EntryView), (status = 404, description = "entry_not_found", body = Problem)))]
+    responses((status = 200, body = EntryView), (status = 404, description = "entry_not_found", body = Problem),
+              (status = 503, description = "queue_unavailable", body = Problem)))]
 pub async fn status(
     State(state): State<AppState>,
     CurrentCustomer(customer): CurrentCustomer,
@@ -167,7 +169,7 @@ pub async fn overview(
     params(("id" = String, Path), ("entry_id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", description = "`entry` events in the shape of EntryView"),
               (status = 404, description = "entry_not_found", body = Problem),
-              (status = 503, description = "overloaded: too many open streams on this node", body = Problem)))]
+              (status = 503, description = "overloaded: too many open streams on this node; queue_unavailable", body = Problem)))]
 pub async fn stream(
     State(state): State<AppState>,
     CurrentCustomer(customer): CurrentCustomer,

@@ -270,3 +270,35 @@ async fn three_nodes_run_one_queue() {
     let overview = cluster.nodes[2].get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     assert_eq!((overview.body["joined"].as_u64(), overview.body["admitted"].as_u64()), (Some(9), Some(3)));
 }
+
+/// With the rooms' Redis down, joins and status reads get a clear 503
+/// (fans retry) while a fan already admitted keeps holding with the token.
+/// This Redis keeps nothing on disk, so when it is back the room starts
+/// afresh and fans join again.
+#[tokio::test]
+async fn with_redis_down_the_queue_says_so_and_admitted_fans_keep_shopping() {
+    let mut redis = crate::redis_support::OwnRedis::start();
+    let app = spawn_app_with(Setup { backend: Backend::Sqlite, redis_url: Some(redis.url()) }).await;
+    let event = queued_event(&app, 100).await;
+    let fan = app.customer("fan@example.com").await;
+    let entry_id = join(&app, &fan, &event).await.body["entry_id"].as_str().unwrap().to_owned();
+    app.clock.advance(Duration::from_secs(101));
+    let token = entry(&app, &fan, &event, &entry_id).await["admission_token"].as_str().expect("admitted").to_owned();
+
+    redis.stop();
+    let path = format!("/v1/events/{event}/queue/{entry_id}");
+    let down = app.get(&path, Some(&fan)).await;
+    down.assert_problem(503, "queue_unavailable");
+    assert!(down.headers.contains_key("retry-after"));
+    let late = app.customer("late@example.com").await;
+    join(&app, &late, &event).await.assert_problem(503, "queue_unavailable");
+    let held = hold_with(&app, &fan, &event, "A1", Some(&token)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "the signed token still admits: {}", held.body);
+
+    redis.restart();
+    let back = crate::helpers::eventually(Duration::from_secs(10), || async {
+        join(&app, &late, &event).await.status == StatusCode::CREATED
+    })
+    .await;
+    assert!(back, "the queue takes joins again once Redis is back");
+}
