@@ -55,6 +55,8 @@ struct Outcome {
     errors: u64,
     secs: f64,
     latency: Histogram<u64>,
+    /// CPU time this process (client and server) used in the measured window.
+    cpu_secs: f64,
 }
 
 impl Outcome {
@@ -62,10 +64,17 @@ impl Outcome {
         (self.ok + self.rejected) as f64 / self.secs
     }
 
+    /// CPU microseconds per request, client and server together: on a
+    /// CPU-bound machine, throughput is its inverse, and it moves less
+    /// than req/s when other work shares the machine.
+    fn cpu_us(&self) -> f64 {
+        self.cpu_secs * 1e6 / (self.ok + self.rejected).max(1) as f64
+    }
+
     fn print(&self, baseline: Option<f64>) {
         let ratio = baseline.map(|b| format!("{:.2}x", self.rate() / b)).unwrap_or_else(|| "-".into());
         println!(
-            "| {:<38} | {:>9.0} | {:>8} | {:>8} | {:>6} | {:>7.2} | {:>7.2} | {:>6} |",
+            "| {:<38} | {:>9.0} | {:>8} | {:>8} | {:>6} | {:>7.2} | {:>7.2} | {:>6} | {:>7.1} |",
             self.label,
             self.rate(),
             self.ok,
@@ -73,7 +82,8 @@ impl Outcome {
             self.errors,
             self.latency.value_at_quantile(0.5) as f64 / 1000.0,
             self.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            ratio
+            ratio,
+            self.cpu_us(),
         );
     }
 }
@@ -182,6 +192,12 @@ where
             }
         })
     };
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let before = cpu_seconds();
+        tokio::time::sleep_until(deadline.into()).await;
+        cpu_seconds() - before
+    });
     let mut tasks = Vec::new();
     for w in 0..CONNECTIONS {
         let (op, ok, rejected, errors, ok_all) =
@@ -229,7 +245,17 @@ where
         errors: errors.load(Ordering::Relaxed),
         secs,
         latency,
+        cpu_secs: cpu.await.unwrap_or(0.0),
     }
+}
+
+/// CPU seconds this process has used, user and system (Linux; the kernel
+/// counts in ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// A request's outcome as `drive` counts it: a success status with its body
@@ -258,10 +284,13 @@ fn phase(name: &str) -> bool {
 
 fn header() {
     println!(
-        "| {:<38} | {:>9} | {:>8} | {:>8} | {:>6} | {:>7} | {:>7} | {:>6} |",
-        "scenario", "req/s", "201/ok", "409", "errors", "p50 ms", "p99 ms", "ratio"
+        "| {:<38} | {:>9} | {:>8} | {:>8} | {:>6} | {:>7} | {:>7} | {:>6} | {:>7} |",
+        "scenario", "req/s", "201/ok", "409", "errors", "p50 ms", "p99 ms", "ratio", "cpu µs"
     );
-    println!("|{:-<40}|{:->11}|{:->10}|{:->10}|{:->8}|{:->9}|{:->9}|{:->8}|", "", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<40}|{:->11}|{:->10}|{:->10}|{:->8}|{:->9}|{:->9}|{:->8}|{:->9}|",
+        "", "", "", "", "", "", "", "", ""
+    );
 }
 
 /// Where a phase's app keeps its data.
@@ -596,6 +625,9 @@ fn queue_in_process() {
     );
 }
 
+/// Rounds of baseline-then-joins in the queue phase.
+const ROUNDS: usize = 3;
+
 /// Queue joins and status polls over HTTP, next to the no-op baseline on
 /// the same stack.
 async fn queue_http(client: &reqwest::Client) {
@@ -612,17 +644,37 @@ async fn queue_http(client: &reqwest::Client) {
     let base = serve(app);
     println!("\nwaiting room over HTTP ({CUSTOMERS} customers; after each has joined once, joins repeat and return the same entry)\n");
     header();
-    let baseline = noop_baseline(client, &base, json!({})).await;
-    baseline.print(Some(baseline.rate()));
+    // The machine's speed drifts over a run, so baseline and joins take
+    // turns, and each joins phase is compared with the baseline just
+    // before it; the median of the rounds is the figure.
     let join_url = format!("{base}/v1/events/{}/queue", queued.id);
-    let joins = {
-        let (client, url) = (client.clone(), join_url.clone());
-        drive("HTTP queue joins", move |w, i| {
-            succeeded(client.post(&url).bearer_auth(format!("bench-token-{}", customer_index(w, i))))
-        })
-        .await
+    let mut ratios = Vec::new();
+    let mut baseline = None;
+    for _ in 0..ROUNDS {
+        let b = noop_baseline(client, &base, json!({})).await;
+        b.print(Some(b.rate()));
+        let joins = {
+            let (client, url) = (client.clone(), join_url.clone());
+            drive("HTTP queue joins", move |w, i| {
+                succeeded(client.post(&url).bearer_auth(format!("bench-token-{}", customer_index(w, i))))
+            })
+            .await
+        };
+        joins.print(Some(b.rate()));
+        ratios.push((joins.rate() / b.rate(), b.cpu_us() / joins.cpu_us()));
+        baseline = Some(b);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let shown: Vec<String> = v.iter().map(|r| format!("{r:.2}x")).collect();
+        format!("{} (median {:.2}x)", shown.join(", "), v[v.len() / 2])
     };
-    joins.print(Some(baseline.rate()));
+    println!(
+        "HTTP joins / no-op by round, req/s: {}; by CPU per request: {}",
+        median(ratios.iter().map(|r| r.0).collect()),
+        median(ratios.iter().map(|r| r.1).collect())
+    );
+    let baseline = baseline.expect("at least one round");
     if phase("queue-poll") {
         // Every customer has joined (above); poll their entries.
         let entries: Arc<Vec<String>> = Arc::new(

@@ -366,15 +366,17 @@ impl RedisRooms {
 
 #[async_trait]
 impl WaitingRooms for RedisRooms {
-    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool)> {
+    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool, Status)> {
         self.remember(room, now);
         self.tick_now_and_then(room, now).await?;
-        let (fan, now_ms, on_sale) =
+        let (fan_s, now_ms, on_sale) =
             (fan.to_string(), now.as_millis().to_string(), room.settings.on_sale_at.as_millis().to_string());
-        let v: Vec<Value> = redis::from_redis_value(&self.run(&self.join, room, &[&fan, &now_ms, &on_sale]).await?)?;
+        let v: Vec<Value> = redis::from_redis_value(&self.run(&self.join, room, &[&fan_s, &now_ms, &on_sale]).await?)?;
         let [slot, new, pre] = v.as_slice() else { anyhow::bail!("unexpected join reply {v:?}") };
         self.learn_prequeue(room, int(pre)?);
-        Ok((u32::try_from(int(slot)?)?, int(new)? == 1))
+        let slot = u32::try_from(int(slot)?)?;
+        let status = self.status(room, fan, slot, now).await?;
+        Ok((slot, int(new)? == 1, status.ok_or_else(|| anyhow::anyhow!("a joined fan has no entry"))?))
     }
 
     async fn status(&self, room: &RoomSpec, fan: u64, slot: u32, now: Timestamp) -> anyhow::Result<Option<Status>> {

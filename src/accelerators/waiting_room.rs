@@ -42,8 +42,9 @@ pub struct RoomSpec {
 /// The same conformance tests run against both (tests/waiting_room.rs).
 #[async_trait]
 pub trait WaitingRooms: Send + Sync {
-    /// The fan's join slot, and whether this call made it.
-    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool)>;
+    /// The fan's join slot, whether this call made it, and its status now
+    /// (as [`WaitingRooms::status`] would say).
+    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool, Status)>;
 
     /// The status of `slot` if it is the fan's (else `None`). An admitted
     /// fan who asks claims the turn.
@@ -102,8 +103,11 @@ impl InProcessRooms {
 
 #[async_trait]
 impl WaitingRooms for InProcessRooms {
-    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool)> {
-        Ok(self.with(room, |r| r.join(fan, now)))
+    async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool, Status)> {
+        Ok(self.with(room, |r| {
+            let (slot, new) = r.join(fan, now);
+            (slot, new, r.status(slot, now))
+        }))
     }
 
     async fn status(&self, room: &RoomSpec, fan: u64, slot: u32, now: Timestamp) -> anyhow::Result<Option<Status>> {

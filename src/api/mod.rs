@@ -156,7 +156,8 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
 }
 
 /// The full router plus `extra` routes, which get the same middleware
-/// stack. The benchmark uses this to add its no-op baseline route.
+/// stack as `/v1` (traffic control included). The benchmark uses this to
+/// add its no-op baseline route.
 pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>) -> Router {
     let v1 = Router::new()
         .route("/sessions", post(sessions::create_session))
@@ -190,7 +191,7 @@ pub fn router_with(state: AppState, limits: &HttpLimits, extra: Router<AppState>
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(|| async { Json(openapi::ApiDoc::openapi()) }))
-        .merge(extra)
+        .merge(extra.layer(axum::middleware::from_fn_with_state(state.clone(), traffic::guard)))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")

@@ -236,7 +236,12 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
                 // The session lookup the auth extractor would make (it then
                 // finds it cached).
                 let key = match super::extract::session_customer(&state, hash).await {
-                    Ok(Some(customer)) => CustomerKey::of(customer.email.as_str().as_bytes()),
+                    Ok(Some(customer)) => {
+                        let key = CustomerKey::of(customer.email.as_str().as_bytes());
+                        // Resolved once: the auth extractor takes it from here.
+                        req.extensions_mut().insert(super::extract::SignedIn(customer));
+                        key
+                    }
                     _ => CustomerKey::of(&hash.0),
                 };
                 if let Err(wait) = limit.check(&key).await {

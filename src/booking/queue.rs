@@ -138,8 +138,8 @@ impl QueueService {
             return Err(QueueError::Closed);
         }
         let fan = fan_key(customer.email.as_str());
-        let (slot, new) = self.0.rooms.join(&room, fan, now).await.map_err(QueueError::Unavailable)?;
-        Ok((self.entry(&room, fan, &customer.id, slot).await?, new))
+        let (slot, new, status) = self.0.rooms.join(&room, fan, now).await.map_err(QueueError::Unavailable)?;
+        Ok((self.entry(&room, &customer.id, slot, status, now), new))
     }
 
     /// The fan's own entry; anyone else's reads as absent. Asking while
@@ -148,14 +148,14 @@ impl QueueService {
         let event = self.event(event).await?;
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
         let slot = slot_of_entry_id(entry_id).ok_or(QueueError::EntryNotFound)?;
-        self.entry(&room, fan_key(customer.email.as_str()), &customer.id, slot).await
+        let now = self.0.clock.now();
+        let fan = fan_key(customer.email.as_str());
+        let status = self.0.rooms.status(&room, fan, slot, now).await.map_err(QueueError::Unavailable)?;
+        Ok(self.entry(&room, &customer.id, slot, status.ok_or(QueueError::EntryNotFound)?, now))
     }
 
-    /// The entry of `slot` if it is the fan's.
-    async fn entry(&self, room: &RoomSpec, fan: u64, customer: &CustomerId, slot: u32) -> Result<Entry, QueueError> {
-        let now = self.0.clock.now();
-        let status = self.0.rooms.status(room, fan, slot, now).await.map_err(QueueError::Unavailable)?;
-        let status = status.ok_or(QueueError::EntryNotFound)?;
+    /// The entry as the fan sees it; an admitted one carries its token.
+    fn entry(&self, room: &RoomSpec, customer: &CustomerId, slot: u32, status: Status, now: Timestamp) -> Entry {
         let base = Entry {
             entry_id: entry_id_of(slot),
             status: "waiting",
@@ -164,7 +164,7 @@ impl QueueService {
             admission_token: None,
             admitted_until: None,
         };
-        Ok(match status {
+        match status {
             Status::PreQueue { on_sale_at } => Entry {
                 status: "prequeue",
                 estimated_wait_seconds: Some(((on_sale_at.as_millis() - now.as_millis()).max(0) / 1000) as u64),
@@ -190,7 +190,7 @@ impl QueueService {
                 }
             }
             Status::Expired { position } => Entry { status: "expired", position: Some(position), ..base },
-        })
+        }
     }
 
     /// Whether this request may hold seats or check out for `event`: always
