@@ -76,7 +76,7 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
         holds.push((fan, h.id()));
     }
     // Two slow payments fill the general capacity.
-    app.gateway().set_faults(FaultsPatch { latency_ms: Some(1_500), ..Default::default() }).unwrap();
+    app.gateway().set_faults(FaultsPatch { latency_ms: Some(3_000), ..Default::default() }).unwrap();
     let slow: Vec<_> = holds[..2]
         .iter()
         .cloned()
@@ -97,9 +97,33 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
     let browse = app.get(&format!("/v1/events/{event}"), None).await;
     browse.assert_problem(503, "overloaded");
     assert!(browse.headers.contains_key("retry-after"));
-    // A third payment still gets through, on the reserve.
-    let (fan, hold) = &holds[2];
-    let paid = app.checkout(fan, hold, "k", "pm_card_visa").await;
+    // A crowd far past the limit, released at once, with a third payment
+    // among them: the crowd is shed, the payment gets through on the
+    // reserve.
+    let crowd = 200;
+    let barrier = Arc::new(tokio::sync::Barrier::new(crowd + 1));
+    let shed: Vec<_> = (0..crowd)
+        .map(|i| {
+            let (app, barrier, event) = (app.clone(), barrier.clone(), event.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let path = if i % 2 == 0 { format!("/v1/events/{event}") } else { format!("/v1/events/{event}/seats") };
+                app.get(&path, None).await
+            })
+        })
+        .collect();
+    let (fan, hold) = holds[2].clone();
+    let paying = {
+        let (app, barrier) = (app.clone(), barrier.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            app.checkout(&fan, &hold, "k", "pm_card_visa").await
+        })
+    };
+    for r in shed {
+        r.await.unwrap().assert_problem(503, "overloaded");
+    }
+    let paid = paying.await.unwrap();
     assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
     for t in slow {
         assert_eq!(t.await.unwrap().body["status"], "confirmed");
