@@ -506,7 +506,13 @@ fn main() {
             queue_in_process();
         }
         if ["queue-join", "queue-poll"].iter().any(|p| phase(p)) {
-            queue_http(&client).await;
+            let dir = tempfile::tempdir().unwrap();
+            queue_http(&client, Backing::Sqlite(dir.path())).await;
+        }
+        if phase("queue-redis") {
+            let db = BenchDb::create().await;
+            queue_http(&client, Backing::Scaleout { database_url: &db.url, redis_prefix: &db.prefix }).await;
+            db.drop_now().await;
         }
 
         // Scale-out: PostgreSQL plus Redis, one node, same client.
@@ -630,9 +636,12 @@ const ROUNDS: usize = 3;
 
 /// Queue joins and status polls over HTTP, next to the no-op baseline on
 /// the same stack.
-async fn queue_http(client: &reqwest::Client) {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
+async fn queue_http(client: &reqwest::Client, backing: Backing<'_>) {
+    let (rooms, polls_too) = match backing {
+        Backing::Sqlite(_) => ("in-process rooms", phase("queue-poll")),
+        Backing::Scaleout { .. } => ("rooms in Redis, PostgreSQL store, one node", true),
+    };
+    let (app, event, _) = new_app(backing).await;
     let store = app.state().store.clone();
     let venue = store.venue(&event.venue_id).await.unwrap().unwrap();
     let now = SystemClock.now();
@@ -642,7 +651,7 @@ async fn queue_http(client: &reqwest::Client) {
     let queued = Event::from_draft(EventId::generate(), draft, &venue, now).unwrap();
     store.insert_event(&queued, &venue).await.unwrap();
     let base = serve(app);
-    println!("\nwaiting room over HTTP ({CUSTOMERS} customers; after each has joined once, joins repeat and return the same entry)\n");
+    println!("\nwaiting room over HTTP, {rooms} ({CUSTOMERS} customers; after each has joined once, joins repeat and return the same entry)\n");
     header();
     // The machine's speed drifts over a run, so baseline and joins take
     // turns, and each joins phase is compared with the baseline just
@@ -675,7 +684,7 @@ async fn queue_http(client: &reqwest::Client) {
         median(ratios.iter().map(|r| r.1).collect())
     );
     let baseline = baseline.expect("at least one round");
-    if phase("queue-poll") {
+    if polls_too {
         // Every customer has joined (above); poll their entries.
         let entries: Arc<Vec<String>> = Arc::new(
             futures::stream::iter(0..CUSTOMERS)

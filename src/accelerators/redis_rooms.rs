@@ -77,14 +77,21 @@ local function batch_of(position)
 end
 ";
 
-/// ARGV: fan, now, on_sale. Returns {slot, new (0/1), prequeue or -1}.
+/// ARGV: fan, now, on_sale. Returns {slot, new (0/1), prequeue or -1,
+/// serving, first sample, last sample}: enough for the node to tell a
+/// waiting fan's status without a second call.
 const JOIN: &str = r"
 local pre = freeze(tonumber(ARGV[2]), tonumber(ARGV[3]))
 local slot = redis.call('HGET', fans, ARGV[1])
-if slot then return {tonumber(slot), 0, pre or -1} end
-local n = redis.call('HINCRBY', st, 'joined', 1)
-redis.call('HSET', fans, ARGV[1], s(n - 1))
-return {n - 1, 1, pre or -1}
+local new = 0
+if slot then
+  slot = tonumber(slot)
+else
+  slot = redis.call('HINCRBY', st, 'joined', 1) - 1
+  redis.call('HSET', fans, ARGV[1], s(slot))
+  new = 1
+end
+return {slot, new, pre or -1, get('serving'), redis.call('LINDEX', samples, 0) or '', redis.call('LINDEX', samples, -1) or ''}
 ";
 
 /// ARGV: fan, slot, position (0 while the node does not know the draw),
@@ -287,6 +294,20 @@ fn sample(v: Option<&Value>) -> Option<(Timestamp, u32)> {
     Some((Timestamp::from_millis(t.parse().ok()?), n.parse().ok()?))
 }
 
+/// A waiting fan's status, from `serving` and the rate samples.
+fn waiting(
+    room: &RoomSpec,
+    position: u32,
+    serving: u32,
+    first: Option<(Timestamp, u32)>,
+    last: Option<(Timestamp, u32)>,
+) -> Status {
+    let configured = room.settings.rate_per_minute;
+    let ahead = position.saturating_sub(serving);
+    let estimated_wait = estimated_wait(ahead, measured_rate(first, last, configured), configured);
+    Status::Waiting { position, ahead, estimated_wait }
+}
+
 impl RedisRooms {
     pub fn new(redis: RedisConn, prefix: &str, settings: TickerSettings) -> RedisRooms {
         RedisRooms {
@@ -372,11 +393,23 @@ impl WaitingRooms for RedisRooms {
         let (fan_s, now_ms, on_sale) =
             (fan.to_string(), now.as_millis().to_string(), room.settings.on_sale_at.as_millis().to_string());
         let v: Vec<Value> = redis::from_redis_value(&self.run(&self.join, room, &[&fan_s, &now_ms, &on_sale]).await?)?;
-        let [slot, new, pre] = v.as_slice() else { anyhow::bail!("unexpected join reply {v:?}") };
-        self.learn_prequeue(room, int(pre)?);
-        let slot = u32::try_from(int(slot)?)?;
-        let status = self.status(room, fan, slot, now).await?;
-        Ok((slot, int(new)? == 1, status.ok_or_else(|| anyhow::anyhow!("a joined fan has no entry"))?))
+        let [slot, new, pre, serving, first, last] = v.as_slice() else { anyhow::bail!("unexpected join reply {v:?}") };
+        let (slot, new, pre, serving) = (u32::try_from(int(slot)?)?, int(new)? == 1, int(pre)?, int(serving)?);
+        self.learn_prequeue(room, pre);
+        // Before the draw, or queued FIFO behind the fans being served, the
+        // reply says it all; anything else (a drawn place, a turn that may
+        // have come) asks the status script.
+        let status = match u32::try_from(pre) {
+            Err(_) => Status::PreQueue { on_sale_at: room.settings.on_sale_at },
+            Ok(pre) if slot >= pre && i64::from(slot) + 1 > serving => {
+                waiting(room, slot + 1, u32::try_from(serving)?, sample(Some(first)), sample(Some(last)))
+            }
+            Ok(_) => {
+                let status = self.status(room, fan, slot, now).await?;
+                status.ok_or_else(|| anyhow::anyhow!("a joined fan has no entry"))?
+            }
+        };
+        Ok((slot, new, status))
     }
 
     async fn status(&self, room: &RoomSpec, fan: u64, slot: u32, now: Timestamp) -> anyhow::Result<Option<Status>> {
@@ -404,13 +437,7 @@ impl WaitingRooms for RedisRooms {
                 }
                 "waiting" => {
                     let serving: String = redis::from_redis_value(v.get(1).unwrap_or(&Value::Nil))?;
-                    let ahead = position.saturating_sub(serving.parse()?);
-                    let measured = measured_rate(sample(v.get(2)), sample(v.get(3)), s.rate_per_minute);
-                    Status::Waiting {
-                        position,
-                        ahead,
-                        estimated_wait: estimated_wait(ahead, measured, s.rate_per_minute),
-                    }
+                    waiting(room, position, serving.parse()?, sample(v.get(2)), sample(v.get(3)))
                 }
                 "admitted" => {
                     let at: String = redis::from_redis_value(v.get(1).unwrap_or(&Value::Nil))?;
