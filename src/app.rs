@@ -155,7 +155,8 @@ impl Application {
         store: DynStore,
         extra: Router<AppState>,
     ) -> anyhow::Result<Self> {
-        // Scale-out: one Redis connection for seat locks and waiting rooms.
+        // Scale-out: one Redis connection for seat locks, waiting rooms and
+        // rate limits.
         let redis = match config.redis_urls().as_slice() {
             [] => None,
             urls => Some(

@@ -1346,22 +1346,19 @@ mod tests {
         let version: i64 = conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.last().unwrap().0);
 
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {LIMIT_SUM}"))
-            .unwrap()
-            .query_map(params!["a@example.com", "evt_1", 0], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        // One column of `EXPLAIN [QUERY PLAN] LIMIT_SUM`'s rows.
+        let explain = |how: &str, column: usize| -> Vec<String> {
+            conn.prepare(&format!("{how} {LIMIT_SUM}"))
+                .unwrap()
+                .query_map(params!["a@example.com", "evt_1", 0], |r| r.get(column))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        let plan = explain("EXPLAIN QUERY PLAN", 3);
         let searches: Vec<&String> = plan.iter().filter(|p| p.starts_with("SEARCH")).collect();
         assert_eq!(searches.len(), 3, "{plan:?}");
-        let ops: Vec<String> = conn
-            .prepare(&format!("EXPLAIN {LIMIT_SUM}"))
-            .unwrap()
-            .query_map(params!["a@example.com", "evt_1", 0], |r| r.get(1))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let ops = explain("EXPLAIN", 1);
         assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "no throwaway tables per hold: {ops:?}");
         let purchased: (String, i64) =
             conn.query_row("SELECT status, extended FROM holds", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
