@@ -172,7 +172,8 @@ return 0
 ";
 
 /// ARGV: token, now, rate_per_minute, max_active, on_sale, claim_ms,
-/// shop_ms. Returns -1 for a token that is not the lease's, else serving.
+/// shop_ms. Returns -1 for a token that is not the lease's, else how many
+/// fans it admitted.
 const ADVANCE: &str = r"
 local token, now, rate, max_active = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local claim_ms, shop_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -227,7 +228,7 @@ while redis.call('LLEN', samples) > 2 do
 end
 redis.call('HSET', st, 'serving', s(serving), 'active', s(active), 'credit', s(credit),
   'unreleased', s(unreleased), 'head', s(head), 'next', s(nxt))
-return serving
+return admit
 ";
 
 /// How the Redis rooms share the ticking.
@@ -503,11 +504,13 @@ impl WaitingRooms for RedisRooms {
             s.shopping_time.as_millis().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let advanced = int(&self.run(&self.advance, room, &args).await?)? >= 0;
-        if advanced {
-            metrics::counter!("boxoffice_queue_ticks_total").increment(1);
+        let admitted = int(&self.run(&self.advance, room, &args).await?)?;
+        if admitted < 0 {
+            return Ok(false);
         }
-        Ok(advanced)
+        metrics::counter!("boxoffice_queue_ticks_total").increment(1);
+        metrics::counter!("boxoffice_queue_admitted_total").increment(admitted as u64);
+        Ok(true)
     }
 
     async fn tick_all(&self, now: Timestamp) -> anyhow::Result<()> {

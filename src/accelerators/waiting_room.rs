@@ -335,6 +335,7 @@ impl Room {
             rest.min(u64::from(self.settings.max_active) * UNIT)
         };
         if admit > 0 {
+            metrics::counter!("boxoffice_queue_admitted_total").increment(u64::from(admit));
             self.serving += admit;
             self.active += admit;
             self.batches.push_back(Batch {

@@ -126,6 +126,10 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     positions.sort();
     assert_eq!(positions, vec![1, 2, 3, 4, 5], "one distinct place each");
     assert_eq!(admitted.len(), 2, "60 a minute: two in two seconds");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in ["boxoffice_queue_joins_total", "boxoffice_queue_admitted_total"] {
+        assert!(metrics.contains(name), "{name} is exported");
+    }
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     assert!(verify_commitment(overview.body["draw_key"].as_str().unwrap(), &commitment), "the draw is auditable");
 
