@@ -240,6 +240,10 @@ impl Config {
         if c.outbox_interval_seconds == 0 {
             bail!("outbox_interval_seconds must be at least 1");
         }
+        if c.redis_prefix.contains(['{', '}']) {
+            // Keys carry their own hash tags (one Cluster slot per event).
+            bail!("redis_prefix must not contain braces");
+        }
         if c.gateway_timeout_ms == 0 || c.payment_window_seconds == 0 {
             bail!("gateway_timeout_ms and payment_window_seconds must be at least 1");
         }
@@ -339,6 +343,10 @@ mod layering_tests {
             jail.set_env("BOXOFFICE_ADMIN_TOKEN", "short");
             let err = format!("{:#}", Config::load(None).unwrap_err());
             assert!(err.contains("admin_token"), "{err}");
+            jail.set_env("BOXOFFICE_ADMIN_TOKEN", "an-admin-token-of-length");
+            jail.set_env("BOXOFFICE_REDIS_PREFIX", "bo{x}:");
+            let err = format!("{:#}", Config::load(None).unwrap_err());
+            assert!(err.contains("redis_prefix"), "{err}");
             Ok(())
         });
     }

@@ -176,3 +176,18 @@ async fn redis_cluster_locks_behave_the_same() {
     release_is_compare_and_delete(&locks).await;
     one_of_many_concurrent_lockers_wins(Arc::new(locks)).await;
 }
+
+/// A script that fails inside Redis is that call's failure alone: Redis
+/// answered, so it is not marked degraded and the next call goes through.
+#[tokio::test]
+async fn a_failing_script_does_not_mark_redis_degraded() {
+    use boxoffice::accelerators::redis_conn::RedisConn;
+    let conn = RedisConn::connect(&[redis_url()], RedisSettings::default()).await.unwrap();
+    let prefix = RedisPrefix::new();
+    let key = format!("{}probe", prefix.0);
+    let bad = redis::Script::new("return redis.call('NO_SUCH_COMMAND')");
+    assert!(conn.run(&bad, std::slice::from_ref(&key), &[]).await.is_err());
+    assert!(!conn.is_degraded());
+    let good = redis::Script::new("return redis.call('SET', KEYS[1], 'x')");
+    assert!(conn.run(&good, &[key], &[]).await.is_ok());
+}

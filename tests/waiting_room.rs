@@ -333,3 +333,28 @@ async fn two_nodes_never_both_advance_serving() {
     assert_eq!(counts.serving, 118, "one admission a second, whoever ticked");
     assert!(holders.len() >= 2, "the lease moved when its holder paused: {holders:?}");
 }
+
+/// Redis loses a room (a restart without persistence, say): the next call
+/// draws it afresh, and a node that knew the old draw follows the new one
+/// rather than placing fans by the old pre-queue.
+#[tokio::test]
+async fn a_lost_room_starts_afresh_and_nodes_follow_it() {
+    let prefix = RedisPrefix::new();
+    let (node, other) = (redis_node(&prefix).await, redis_node(&prefix).await);
+    let r = room(60, 100);
+    let early = fans(10);
+    let slots = join_all(&node, &r, &early, at(0)).await;
+    assert!(position(&status(&other, &r, early[0], slots[0], at(100)).await) <= 10, "drawn among ten");
+    let mut c = redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", prefix.0)).query(&mut c).unwrap();
+    let _: () = redis::cmd("DEL").arg(keys).query(&mut c).unwrap();
+    // After the loss, three fans join a sale that is already on: FIFO. The
+    // other node, which knew the old draw, reads their places.
+    let late = fans(3);
+    let late_slots = join_all(&node, &r, &late, at(101)).await;
+    let mut positions = Vec::new();
+    for (f, s) in late.iter().zip(&late_slots) {
+        positions.push(position(&status(&other, &r, *f, *s, at(101)).await));
+    }
+    assert_eq!(positions, vec![1, 2, 3]);
+}

@@ -173,6 +173,11 @@ impl RedisConn {
                 let timeout = self.0.settings.call_timeout;
                 match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(v)) => Ok(v),
+                    // Redis answered, with an error (a script's, say): it is
+                    // up, so this is the caller's failure alone.
+                    Ok(Err(e)) if e.kind() == redis::ErrorKind::ResponseError => {
+                        return Err(anyhow::Error::new(e));
+                    }
                     Ok(Err(e)) => Err(anyhow::Error::new(e)),
                     Err(_) => Err(anyhow::anyhow!("Redis did not answer within {timeout:?}")),
                 }

@@ -49,7 +49,7 @@ local st, fans, bz, bh, claimed, finished, samples, lease =
 local function s(x) return string.format('%.0f', x) end
 local function get(f) return tonumber(redis.call('HGET', st, f) or '0') end
 local function batch(seq)
-  local v = redis.call('HGET', bh, seq)
+  local v = redis.call('HGET', bh, s(seq))
   if not v then return nil end
   local t = {}
   for x in string.gmatch(v, '[^:]+') do t[#t + 1] = tonumber(x) end
@@ -67,12 +67,13 @@ local function freeze(now, on_sale)
   redis.call('HSET', st, 'prequeue', s(joined), 'last_tick', s(on_sale))
   return joined
 end
--- The batch a position was admitted in, while its turn lasts.
-local function batch_of(position)
+-- The batch a position was admitted in, while its turn lasts (the ticker
+-- prunes ended batches, but a request may come before it does).
+local function batch_of(position, now, turn_ms)
   local r = redis.call('ZRANGEBYSCORE', bz, position, '+inf', 'LIMIT', 0, 1)
   if #r == 0 then return nil end
   local b = batch(r[1])
-  if not b or position <= b.upto - b.count then return nil end
+  if not b or position <= b.upto - b.count or b.at + turn_ms <= now then return nil end
   return r[1], b
 end
 ";
@@ -95,23 +96,25 @@ return {slot, new, pre or -1, get('serving'), redis.call('LINDEX', samples, 0) o
 ";
 
 /// ARGV: fan, slot, position (0 while the node does not know the draw),
-/// now, on_sale, claim_ms.
+/// now, on_sale, claim_ms, claim_ms + shop_ms, the pre-queue size the
+/// position was computed with (-1 if none). A pre-queue that differs (the
+/// room was lost and drawn afresh) is sent back, as when none was known.
 const STATUS: &str = r"
-local now, claim_ms = tonumber(ARGV[4]), tonumber(ARGV[6])
+local now, claim_ms, turn_ms = tonumber(ARGV[4]), tonumber(ARGV[6]), tonumber(ARGV[7])
 if redis.call('HGET', fans, ARGV[1]) ~= ARGV[2] then return {'none'} end
 local pre = freeze(now, tonumber(ARGV[5]))
 if not pre then return {'prequeue'} end
 local position = tonumber(ARGV[3])
-if position <= 0 then return {'drawn', s(pre)} end
+if position <= 0 or tonumber(ARGV[8]) ~= pre then return {'drawn', s(pre)} end
 local serving = get('serving')
 if position > serving then
   return {'waiting', s(serving), redis.call('LINDEX', samples, 0) or '', redis.call('LINDEX', samples, -1) or ''}
 end
-local seq, b = batch_of(position)
-if not b or redis.call('GETBIT', finished, position) == 1 then return {'expired'} end
-if redis.call('GETBIT', claimed, position) == 1 then return {'admitted', s(b.at)} end
+local seq, b = batch_of(position, now, turn_ms)
+if not b or redis.call('GETBIT', finished, ARGV[3]) == 1 then return {'expired'} end
+if redis.call('GETBIT', claimed, ARGV[3]) == 1 then return {'admitted', s(b.at)} end
 if b.released == 1 or b.at + claim_ms <= now then return {'expired'} end
-redis.call('SETBIT', claimed, position, 1)
+redis.call('SETBIT', claimed, ARGV[3], 1)
 b.claimed = b.claimed + 1
 put(seq, b)
 return {'admitted', s(b.at)}
@@ -124,14 +127,14 @@ local pre = redis.call('HGET', st, 'prequeue')
 return {tonumber(slot or '-1'), tonumber(pre or '-1')}
 ";
 
-/// ARGV: position. Frees a claimed turn once.
+/// ARGV: position, now, claim_ms + shop_ms. Frees a claimed turn once,
+/// while it lasts.
 const FINISH: &str = r"
-local position = tonumber(ARGV[1])
-local seq, b = batch_of(position)
-if not b or redis.call('GETBIT', claimed, position) == 0 or redis.call('GETBIT', finished, position) == 1 then
+local seq, b = batch_of(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+if not b or redis.call('GETBIT', claimed, ARGV[1]) == 0 or redis.call('GETBIT', finished, ARGV[1]) == 1 then
   return 0
 end
-redis.call('SETBIT', finished, position, 1)
+redis.call('SETBIT', finished, ARGV[1], 1)
 b.finished = b.finished + 1
 put(seq, b)
 redis.call('HINCRBY', st, 'active', -1)
@@ -140,7 +143,7 @@ return 1
 
 /// ARGV: position.
 const IS_FINISHED: &str = r"
-return redis.call('GETBIT', finished, tonumber(ARGV[1]))
+return redis.call('GETBIT', finished, ARGV[1])
 ";
 
 /// Returns {joined, serving, active, first sample, last sample}.
@@ -150,7 +153,9 @@ return {s(get('joined')), s(get('serving')), s(get('active')),
 ";
 
 /// ARGV: node, now, ttl_ms. Returns the fencing token, or '' while another
-/// node's lease lasts.
+/// node's lease lasts. The lease lasts by the callers' clocks, and also
+/// expires in Redis after twice its time unrenewed, so a holder whose clock
+/// ran ahead cannot keep it for longer than that after it dies.
 const LEASE: &str = r"
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local owner = redis.call('HGET', lease, 'owner')
@@ -158,10 +163,12 @@ local held_until = tonumber(redis.call('HGET', lease, 'until') or '0')
 if owner and held_until > now then
   if owner ~= ARGV[1] then return '' end
   redis.call('HSET', lease, 'until', s(now + ttl))
+  redis.call('PEXPIRE', lease, s(2 * ttl))
   return redis.call('HGET', lease, 'token')
 end
 local token = redis.call('HINCRBY', st, 'token_seq', 1)
 redis.call('HSET', lease, 'owner', ARGV[1], 'token', s(token), 'until', s(now + ttl))
+redis.call('PEXPIRE', lease, s(2 * ttl))
 return s(token)
 ";
 
@@ -183,22 +190,28 @@ if not freeze(now, tonumber(ARGV[5])) then return 0 end
 local active, unreleased, head, nxt = get('active'), get('unreleased'), get('head'), get('next')
 -- Batches whose claim window passed give back their unclaimed places;
 -- batches whose shopping time passed give back the rest.
+-- A batch whose record is missing (lost keys) is passed over.
 while unreleased < nxt do
   local b = batch(unreleased)
-  if b.at + claim_ms > now then break end
-  b.released = 1
-  put(unreleased, b)
-  active = active - (b.count - b.claimed)
+  if b and b.at + claim_ms > now then break end
+  if b then
+    b.released = 1
+    put(unreleased, b)
+    active = active - (b.count - b.claimed)
+  end
   unreleased = unreleased + 1
 end
 while head < unreleased do
   local b = batch(head)
-  if b.at + claim_ms + shop_ms > now then break end
-  active = active - (b.claimed - b.finished)
+  if b and b.at + claim_ms + shop_ms > now then break end
+  if b then active = active - (b.claimed - b.finished) end
   redis.call('HDEL', bh, s(head))
   redis.call('ZREM', bz, s(head))
   head = head + 1
 end
+-- Only fans of live batches are active: with none, nobody is (this also
+-- heals a count left behind by lost batch records).
+if head >= nxt then active = 0 end
 -- Exact credit in 1/60,000ths of an admission; see Room::advance.
 local last = get('last_tick')
 local elapsed = math.max(now - last, 0)
@@ -362,19 +375,23 @@ impl RedisRooms {
     }
 
     /// Advances the room if this node has not in the last `min_interval`.
-    async fn tick_now_and_then(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<()> {
+    /// A failure is logged, not passed on: the request reads the room as
+    /// it is, and the next tick tries again.
+    async fn tick_now_and_then(&self, room: &RoomSpec, now: Timestamp) {
         {
             let mut local = self.local.lock();
-            let Some(l) = local.get_mut(&room.event) else { return Ok(()) };
+            let Some(l) = local.get_mut(&room.event) else { return };
             let due = l
                 .last_tick
                 .is_none_or(|t| now.as_millis() - t.as_millis() >= self.settings.min_interval.as_millis() as i64);
             if !due {
-                return Ok(());
+                return;
             }
             l.last_tick = Some(now);
         }
-        self.tick(room, now).await.map(|_| ())
+        if let Err(e) = self.tick(room, now).await {
+            tracing::warn!(event = %room.event, error = format!("{e:#}"), "could not advance a waiting room");
+        }
     }
 
     /// Forgets a room (its sale is over), letting go of its lease.
@@ -390,7 +407,7 @@ impl RedisRooms {
 impl WaitingRooms for RedisRooms {
     async fn join(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<(u32, bool, Status)> {
         self.remember(room, now);
-        self.tick_now_and_then(room, now).await?;
+        self.tick_now_and_then(room, now).await;
         let (fan_s, now_ms, on_sale) =
             (fan.to_string(), now.as_millis().to_string(), room.settings.on_sale_at.as_millis().to_string());
         let v: Vec<Value> = redis::from_redis_value(&self.run(&self.join, room, &[&fan_s, &now_ms, &on_sale]).await?)?;
@@ -415,17 +432,17 @@ impl WaitingRooms for RedisRooms {
 
     async fn status(&self, room: &RoomSpec, fan: u64, slot: u32, now: Timestamp) -> anyhow::Result<Option<Status>> {
         let mut prequeue = self.remember(room, now);
-        self.tick_now_and_then(room, now).await?;
+        self.tick_now_and_then(room, now).await;
         let s = room.settings;
         let (fan, slot_s, now_ms) = (fan.to_string(), slot.to_string(), now.as_millis().to_string());
         let (on_sale, claim_ms) = (s.on_sale_at.as_millis().to_string(), s.claim_window.as_millis().to_string());
+        let turn_ms = (s.claim_window + s.shopping_time).as_millis().to_string();
         // At most two rounds: the second once this node learns the draw.
         for _ in 0..2 {
             let position = prequeue.map_or(0, |p| position_of(&room.key, p, slot));
-            let pos = position.to_string();
-            let v: Vec<Value> = redis::from_redis_value(
-                &self.run(&self.status, room, &[&fan, &slot_s, &pos, &now_ms, &on_sale, &claim_ms]).await?,
-            )?;
+            let (pos, pre) = (position.to_string(), prequeue.map_or(-1, i64::from).to_string());
+            let args = [fan.as_str(), &slot_s, &pos, &now_ms, &on_sale, &claim_ms, &turn_ms, &pre];
+            let v: Vec<Value> = redis::from_redis_value(&self.run(&self.status, room, &args).await?)?;
             let what: String = redis::from_redis_value(v.first().unwrap_or(&Value::Nil))?;
             return Ok(Some(match what.as_str() {
                 "none" => return Ok(None),
@@ -452,7 +469,7 @@ impl WaitingRooms for RedisRooms {
         anyhow::bail!("the room's draw could not be read")
     }
 
-    async fn finish(&self, room: &RoomSpec, fan: u64, _now: Timestamp) -> anyhow::Result<()> {
+    async fn finish(&self, room: &RoomSpec, fan: u64, now: Timestamp) -> anyhow::Result<()> {
         let v: Vec<i64> = redis::from_redis_value(&self.run(&self.slot, room, &[&fan.to_string()]).await?)?;
         let (Some(slot), Some(pre)) =
             (v.first().and_then(|s| u32::try_from(*s).ok()), v.get(1).and_then(|p| u32::try_from(*p).ok()))
@@ -460,7 +477,8 @@ impl WaitingRooms for RedisRooms {
             return Ok(());
         };
         let position = position_of(&room.key, pre, slot).to_string();
-        self.run(&self.finish, room, &[&position]).await.map(|_| ())
+        let turn_ms = (room.settings.claim_window + room.settings.shopping_time).as_millis().to_string();
+        self.run(&self.finish, room, &[&position, &now.as_millis().to_string(), &turn_ms]).await.map(|_| ())
     }
 
     async fn is_finished(&self, room: &RoomSpec, position: u32) -> anyhow::Result<bool> {
@@ -469,7 +487,7 @@ impl WaitingRooms for RedisRooms {
 
     async fn overview(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<(RoomCounts, f64)> {
         self.remember(room, now);
-        self.tick_now_and_then(room, now).await?;
+        self.tick_now_and_then(room, now).await;
         let v: Vec<Value> = redis::from_redis_value(&self.run(&self.overview, room, &[]).await?)?;
         let n = |i: usize| -> anyhow::Result<u32> {
             let text: String = redis::from_redis_value(v.get(i).unwrap_or(&Value::Nil))?;
@@ -524,10 +542,17 @@ impl WaitingRooms for RedisRooms {
         for (spec, _) in stale {
             self.forget(&spec.event).await;
         }
+        // One room failing does not hold up the others.
+        let mut failed = Vec::new();
         for (spec, _) in live {
-            self.tick(&spec, now).await?;
+            if let Err(e) = self.tick(&spec, now).await {
+                failed.push(format!("{}: {e:#}", spec.event));
+            }
         }
-        Ok(())
+        match failed.as_slice() {
+            [] => Ok(()),
+            _ => anyhow::bail!("could not advance {} room(s): {}", failed.len(), failed.join("; ")),
+        }
     }
 
     async fn stop(&self) {
