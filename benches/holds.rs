@@ -632,7 +632,7 @@ fn queue_in_process() {
 }
 
 /// Rounds of baseline-then-joins in the queue phase.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Queue joins and status polls over HTTP, next to the no-op baseline on
 /// the same stack.
