@@ -213,6 +213,18 @@ async fn hold_seat(http: &reqwest::Client, base: &str, event: &str, token: &str,
     hold["id"].as_str().unwrap().to_owned()
 }
 
+/// Pays for the fan's hold with `payment_method`: the order as answered.
+async fn pay_hold(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    hold: &str,
+    payment_method: &str,
+) -> serde_json::Value {
+    let body = serde_json::json!({"payment_method": payment_method});
+    json_post(http, format!("{base}/v1/holds/{hold}/checkout"), Some(token), body).await
+}
+
 /// A checkout with a visa card, left running in the background.
 fn checkout_in_background(
     http: &reqwest::Client,
@@ -238,13 +250,7 @@ async fn serve_pays_through_a_stripe_compatible_gateway_when_configured() {
     let http = reqwest::Client::new();
     let (event, token) = seed_sale(&http, &base).await;
     let hold = hold_seat(&http, &base, &event, &token, "A7").await;
-    let order = json_post(
-        &http,
-        format!("{base}/v1/holds/{hold}/checkout"),
-        Some(&token),
-        serde_json::json!({"payment_method": "pm_card_visa"}),
-    )
-    .await;
+    let order = pay_hold(&http, &base, &token, &hold, "pm_card_visa").await;
     assert_eq!(order["status"], "confirmed", "{order}");
     let ledger: serde_json::Value =
         http.get(format!("{gateway}/sim/ledger")).send().await.unwrap().json().await.unwrap();
@@ -323,13 +329,7 @@ async fn a_service_killed_mid_checkout_recovers_on_restart() {
     // Point 3: a pending payment, killed before it was confirmed.
     let (mut node, base) = start_serve(dir.path(), &gateway);
     let hold3 = hold_seat(&http, &base, &event, &token, "A3").await;
-    let pending = json_post(
-        &http,
-        format!("{base}/v1/holds/{hold3}/checkout"),
-        Some(&token),
-        serde_json::json!({"payment_method": "pm_card_processing"}),
-    )
-    .await;
+    let pending = pay_hold(&http, &base, &token, &hold3, "pm_card_processing").await;
     assert_eq!(pending["status"], "payment_pending", "{pending}");
     let _ = node.0.kill();
     let _ = node.0.wait();
