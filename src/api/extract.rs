@@ -170,14 +170,15 @@ impl FromRequestParts<AppState> for Scanner {
     }
 }
 
-/// A single path segment as text; undecodable segments are 404 `not_found`.
-pub struct ApiPath(pub String);
+/// Path segments as text: one (`ApiPath`) or several (`ApiPath<(String,
+/// String)>`); undecodable segments are 404 `not_found`.
+pub struct ApiPath<T = String>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
             Err(_) => Err(ApiError::not_found("not_found", "no such resource")),
         }

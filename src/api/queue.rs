@@ -143,7 +143,7 @@ pub async fn join(
 pub async fn status(
     State(state): State<AppState>,
     CurrentCustomer(customer): CurrentCustomer,
-    axum::extract::Path((id, entry)): axum::extract::Path<(String, String)>,
+    ApiPath((id, entry)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let event = parse_event_id(&id)?;
     let entry = state.queue.status(&customer, &event, &entry).await?;
@@ -173,7 +173,7 @@ pub async fn overview(
 pub async fn stream(
     State(state): State<AppState>,
     CurrentCustomer(customer): CurrentCustomer,
-    axum::extract::Path((id, entry)): axum::extract::Path<(String, String)>,
+    ApiPath((id, entry)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     let event = parse_event_id(&id)?;

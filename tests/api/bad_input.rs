@@ -303,6 +303,15 @@ async fn every_bad_request_gets_a_coded_4xx_and_changes_nothing() {
             code: "invalid_query",
         },
         Case {
+            name: "queue entry id that is not UTF-8",
+            method: Method::GET,
+            path: format!("/v1/events/{event}/queue/%FF%FE"),
+            auth: Auth::Fan,
+            body: Body::None,
+            status: 404,
+            code: "not_found",
+        },
+        Case {
             name: "unknown route",
             method: Method::GET,
             path: "/v1/nothing".into(),
