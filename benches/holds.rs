@@ -57,6 +57,8 @@ struct Outcome {
     latency: Histogram<u64>,
     /// CPU time this process (client and server) used in the measured window.
     cpu_secs: f64,
+    /// The same window by thread kind, from the scheduler's own counts.
+    threads: ThreadTimes,
 }
 
 impl Outcome {
@@ -84,6 +86,33 @@ impl Outcome {
             self.latency.value_at_quantile(0.99) as f64 / 1000.0,
             ratio,
             self.cpu_us(),
+        );
+    }
+}
+
+impl Outcome {
+    /// Where an embedded hold phase's time went, per request: the SQLite
+    /// writer's CPU next to everything else's, and how many cores' worth of
+    /// threads stood in the run queue. Against a baseline it also prints a
+    /// ceiling: if a hold's HTTP side cost no more than a whole no-op request
+    /// and the machine is CPU-bound, holds reach at most
+    /// `no-op / (no-op + writer)` of the baseline's rate.
+    fn print_threads(&self, baseline: Option<&Outcome>) {
+        let n = (self.ok + self.rejected).max(1) as f64;
+        let t = &self.threads;
+        let writer_us = t.writer_cpu * 1e6 / n;
+        let ceiling = baseline
+            .map(|b| {
+                let noop = b.cpu_us();
+                format!("; no-op {noop:.1} µs in all, so a ceiling of {:.2}x", noop / (noop + writer_us))
+            })
+            .unwrap_or_default();
+        println!(
+            "  per request: {writer_us:.1} µs on the SQLite writer, {:.1} µs on other threads; \
+             waiting for a CPU: writer {:.2}, others {:.2} cores' worth{ceiling}",
+            t.other_cpu * 1e6 / n,
+            t.writer_wait / self.secs,
+            t.other_wait / self.secs,
         );
     }
 }
@@ -194,9 +223,9 @@ where
     };
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(start.into()).await;
-        let before = cpu_seconds();
+        let (before, threads_before) = (cpu_seconds(), ThreadTimes::now());
         tokio::time::sleep_until(deadline.into()).await;
-        cpu_seconds() - before
+        (cpu_seconds() - before, ThreadTimes::now().since(&threads_before))
     });
     let mut tasks = Vec::new();
     for w in 0..CONNECTIONS {
@@ -237,6 +266,7 @@ where
     let secs = d.as_secs_f64();
     ticker.abort();
     pb.finish_and_clear();
+    let (cpu_secs, threads) = cpu.await.unwrap_or_default();
     Outcome {
         label: label.to_owned(),
         ok: ok.load(Ordering::Relaxed),
@@ -245,7 +275,8 @@ where
         errors: errors.load(Ordering::Relaxed),
         secs,
         latency,
-        cpu_secs: cpu.await.unwrap_or(0.0),
+        cpu_secs,
+        threads,
     }
 }
 
@@ -256,6 +287,51 @@ fn cpu_seconds() -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Seconds on a CPU and seconds runnable but waiting for one, summed over
+/// this process's threads by kind: the SQLite writer, and everything else
+/// (tokio workers with the client and the server, checkpoints, the blocking
+/// pool). From `/proc/self/task/*/schedstat` (Linux; zeros elsewhere).
+#[derive(Default, Clone, Copy)]
+struct ThreadTimes {
+    writer_cpu: f64,
+    writer_wait: f64,
+    other_cpu: f64,
+    other_wait: f64,
+}
+
+impl ThreadTimes {
+    fn now() -> ThreadTimes {
+        let mut t = ThreadTimes::default();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return t };
+        for task in tasks.flatten() {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            let stat = read("schedstat");
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<f64>().unwrap_or(0.0) / 1e9);
+            let (cpu, wait) = (fields.next().unwrap_or(0.0), fields.next().unwrap_or(0.0));
+            if read("comm").trim() == "sqlite-writer" {
+                t.writer_cpu += cpu;
+                t.writer_wait += wait;
+            } else {
+                t.other_cpu += cpu;
+                t.other_wait += wait;
+            }
+        }
+        t
+    }
+
+    /// The window from `before` to `self`. Threads that ended inside it
+    /// drop out, so a figure can only be too low, never too high.
+    fn since(&self, before: &ThreadTimes) -> ThreadTimes {
+        let d = |a: f64, b: f64| (a - b).max(0.0);
+        ThreadTimes {
+            writer_cpu: d(self.writer_cpu, before.writer_cpu),
+            writer_wait: d(self.writer_wait, before.writer_wait),
+            other_cpu: d(self.other_cpu, before.other_cpu),
+            other_wait: d(self.other_wait, before.other_wait),
+        }
+    }
 }
 
 /// A request's outcome as `drive` counts it: a success status with its body
@@ -494,6 +570,7 @@ fn main() {
                 .await
             };
             inproc.print(None);
+            inproc.print_threads(None);
             drop(app);
         }
 
@@ -575,7 +652,9 @@ async fn embedded_http(client: &reqwest::Client) {
         let dir = tempfile::tempdir().unwrap();
         let (app, event, _) = new_app(Backing::Sqlite(dir.path())).await;
         let base = serve(app);
-        http_holds(label, client, &base, &event, hot).await.print(Some(baseline.rate()));
+        let holds = http_holds(label, client, &base, &event, hot).await;
+        holds.print(Some(baseline.rate()));
+        holds.print_threads(Some(&baseline));
     }
     println!("\nratio = req/s over the no-op baseline's req/s; target for embedded HTTP holds: >= 0.50x");
 }

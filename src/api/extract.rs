@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::customer::TokenHash;
+use crate::domain::time::Timestamp;
 use crate::store::Customer;
 
 /// `axum::Json`, but a bad body becomes a problem document:
@@ -127,11 +128,19 @@ pub async fn session_customer(state: &AppState, hash: TokenHash) -> Result<Optio
     }
     Ok(match state.store.session_customer(hash, now).await? {
         Some((c, expires_at)) => {
-            state.sessions.insert(hash, (c.clone(), expires_at));
+            remember_session(state, hash, c.clone(), expires_at);
             Some(c)
         }
         None => None,
     })
+}
+
+/// Puts a stored session in this node's session cache, with its own expiry.
+/// Sign-in calls it too, so a fan's first request after signing in needs no
+/// database read; sessions are never revoked early, so the cache cannot
+/// outlive what is stored.
+pub fn remember_session(state: &AppState, hash: TokenHash, customer: Customer, expires_at: Timestamp) {
+    state.sessions.insert(hash, (customer, expires_at));
 }
 
 /// The operator, holding `BOXOFFICE_ADMIN_TOKEN`. Any other bearer token

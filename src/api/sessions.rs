@@ -41,15 +41,13 @@ pub async fn create_session(
     let token = SessionToken::generate();
     let now = state.clock.now();
     let customer = Customer { id: CustomerId::generate(), email };
+    let expires_at = now.plus(state.session_ttl);
     state
         .store
-        .create_session(NewSession {
-            customer: customer.clone(),
-            token_hash: token.hash(),
-            created_at: now,
-            expires_at: now.plus(state.session_ttl),
-        })
+        .create_session(NewSession { customer: customer.clone(), token_hash: token.hash(), created_at: now, expires_at })
         .await?;
+    // Stored first: the cache only ever holds sessions the store has.
+    super::extract::remember_session(&state, token.hash(), customer.clone(), expires_at);
     let body = SessionResponse { session_token: token.expose().to_owned(), customer_id: customer.id.to_string() };
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)))
 }

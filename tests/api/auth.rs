@@ -94,3 +94,17 @@ async fn my_holds_lists_mine_and_never_anyone_elses() {
     assert_eq!(ids, vec![a.as_str()]);
     app.get("/v1/customers/me/holds", None).await.assert_problem(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn signing_in_puts_the_stored_session_in_the_nodes_cache() {
+    use boxoffice::domain::customer::TokenHash;
+    use boxoffice::domain::time::Clock;
+    let app = spawn_app().await;
+    let token = app.customer("fan@example.com").await;
+    let hash = TokenHash::of(&token);
+    let (cached, cached_expiry) = app.state.sessions.get(&hash).expect("sign-in caches the session");
+    let (stored, stored_expiry) =
+        app.state.store.session_customer(hash, app.clock.now()).await.unwrap().expect("the session is stored");
+    assert_eq!((cached.id.as_str(), cached.email.as_str()), (stored.id.as_str(), stored.email.as_str()));
+    assert_eq!(cached_expiry, stored_expiry, "the cached session ends when the stored one does");
+}
