@@ -710,8 +710,12 @@ fn queue_in_process() {
     );
 }
 
-/// Rounds of baseline-then-joins in the queue phase.
-const ROUNDS: usize = 5;
+/// `BENCH_ROUNDS` (default 9): rounds of baseline-then-joins in the queue
+/// phases. This machine has slow spells of a few seconds; with more, shorter
+/// rounds (`BENCH_SECS=2`) a spell spoils a pair or two, not the median.
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(9)
+}
 
 /// Queue joins and status polls over HTTP, next to the no-op baseline on
 /// the same stack.
@@ -738,7 +742,7 @@ async fn queue_http(client: &reqwest::Client, backing: Backing<'_>) {
     let join_url = format!("{base}/v1/events/{}/queue", queued.id);
     let mut ratios = Vec::new();
     let mut baseline = None;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         let b = noop_baseline(client, &base, json!({})).await;
         b.print(Some(b.rate()));
         let joins = {

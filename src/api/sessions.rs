@@ -44,7 +44,12 @@ pub async fn create_session(
     let expires_at = now.plus(state.session_ttl);
     state
         .store
-        .create_session(NewSession { customer: customer.clone(), token_hash: token.hash(), created_at: now, expires_at })
+        .create_session(NewSession {
+            customer: customer.clone(),
+            token_hash: token.hash(),
+            created_at: now,
+            expires_at,
+        })
         .await?;
     // Stored first: the cache only ever holds sessions the store has.
     super::extract::remember_session(&state, token.hash(), customer.clone(), expires_at);
