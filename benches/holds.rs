@@ -88,9 +88,7 @@ impl Outcome {
             self.cpu_us(),
         );
     }
-}
 
-impl Outcome {
     /// Where an embedded hold phase's time went, per request: the SQLite
     /// writer's CPU next to everything else's, and how many cores' worth of
     /// threads stood in the run queue. Against a baseline it also prints a

@@ -51,8 +51,8 @@ pub async fn create_session(
             expires_at,
         })
         .await?;
-    // Stored first: the cache only ever holds sessions the store has.
-    super::extract::remember_session(&state, token.hash(), customer.clone(), expires_at);
     let body = SessionResponse { session_token: token.expose().to_owned(), customer_id: customer.id.to_string() };
+    // Stored first: the cache only ever holds sessions the store has.
+    super::extract::remember_session(&state, token.hash(), customer, expires_at);
     Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)))
 }
