@@ -37,8 +37,8 @@ pub struct EventDraft {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitingRoomDraft {
-    #[serde(default)]
-    pub enabled: bool,
+    /// On a new event, off unless sent; on a `PATCH`, absent keeps it as is.
+    pub enabled: Option<bool>,
     pub admission_rate_per_minute: Option<i64>,
     pub max_active_shoppers: Option<i64>,
     pub prequeue_opens_at: Option<String>,
@@ -185,7 +185,7 @@ fn parse_waiting_room(d: &WaitingRoomDraft, previous: Option<&WaitingRoom>, p: &
         }
     };
     WaitingRoom {
-        enabled: d.enabled,
+        enabled: d.enabled.or(previous.map(|w| w.enabled)).unwrap_or(false),
         admission_rate_per_minute: rate.or(previous.map(|w| w.admission_rate_per_minute)).unwrap_or(1_000),
         max_active_shoppers: active.or(previous.map(|w| w.max_active_shoppers)).unwrap_or(1_000),
         prequeue_opens_at: opens,

@@ -36,6 +36,7 @@ on_both_backends!(
     fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them,
     the_stream_reports_the_entry_until_the_turn_comes,
     a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired,
+    a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate,
 );
 
 /// The embedded store with scale-out rooms (and seat locks) in Redis.
@@ -175,6 +176,44 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     // Turns end: after the claim window and shopping time the token expires.
     app.clock.advance(Duration::from_secs(120 + 900 + 1));
     hold_with(&app, other_fan, &event, "A4", Some(other_admission)).await.assert_problem(403, "not_admitted");
+}
+
+/// An organizer speeds the room up during the sale with a `PATCH` that names
+/// only the rate: the room stays on, and the next second lets in fans at the
+/// new pace. Turning it off takes `enabled: false`.
+async fn a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate(app: TestApp) {
+    let event = queued_event(&app, 100).await;
+    app.clock.advance(Duration::from_secs(100)); // on sale: fans now queue in order
+    let path = format!("/v1/events/{event}");
+    let patch = |body: Value| app.send(Method::PATCH, &path, Some(ADMIN_TOKEN), Some(body));
+    let faster = patch(json!({"waiting_room": {"admission_rate_per_minute": 600}})).await;
+    assert_eq!(faster.status, StatusCode::OK, "{}", faster.body);
+    assert_eq!(faster.body["waiting_room"]["enabled"], true, "{}", faster.body);
+    assert_eq!(faster.body["waiting_room"]["admission_rate_per_minute"], 600);
+    assert_eq!(faster.body["waiting_room"]["max_active_shoppers"], 100, "unnamed settings keep their values");
+
+    let mut fans = Vec::new();
+    for i in 0..20 {
+        let token = app.customer(&format!("fan{i}@example.com")).await;
+        let e = join(&app, &token, &event).await;
+        assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    app.clock.advance(Duration::from_secs(1));
+    let mut admitted = 0;
+    for (token, entry_id) in &fans {
+        if entry(&app, token, &event, entry_id).await["status"] == "admitted" {
+            admitted += 1;
+        }
+    }
+    // 60 a minute would let in one fan a second; 600 a minute lets in ten.
+    assert!((3..=10).contains(&admitted), "{admitted} admitted in one second at 600 a minute");
+    hold_with(&app, &fans[19].0, &event, "A1", None).await.assert_problem(403, "not_admitted");
+
+    let off = patch(json!({"waiting_room": {"enabled": false}})).await;
+    assert_eq!(off.body["waiting_room"]["enabled"], false, "{}", off.body);
+    join(&app, &fans[0].0, &event).await.assert_problem(409, "no_waiting_room");
+    assert_eq!(hold_with(&app, &fans[19].0, &event, "A1", None).await.status, StatusCode::CREATED, "no token needed");
 }
 
 /// The entry over SSE: the pre-queue state at once, then the turn when it
