@@ -276,7 +276,8 @@ impl Application {
             Role::All | Role::Worker => {
                 let checkout = self.state.checkout.clone();
                 let reconcile_period = self.reconcile_period;
-                let sweeps = sweeper::run(self.state.booking.clone(), self.sweep_period, stop.clone());
+                let (booking, queue) = (self.state.booking.clone(), self.state.queue.clone());
+                let sweeps = sweeper::run(booking, queue, self.sweep_period, stop.clone());
                 let reconciles = reconcile::run(checkout, reconcile_period, stop.clone());
                 let relays = outbox::run(self.relay.clone(), self.outbox_period, stop.clone());
                 Some(tokio::spawn(async move {

@@ -200,6 +200,8 @@ pub mod cases {
         // The sweeper must not free the seat the second hold now has.
         let swept = store.expire_holds(at(61), 100).await.unwrap();
         assert_eq!(swept.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), vec![first.id.clone()]);
+        let buyer = &swept[0].buyer;
+        assert_eq!((buyer.id.as_str(), buyer.email.as_str()), (a.id.as_str(), "a@example.com"), "whose hold it was");
         let c = customer(store, "c@example.com").await;
         assert_eq!(
             hold(store, &e, &c, seats(&["B5"]), at(61)).await.unwrap_err(),

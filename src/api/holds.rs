@@ -127,12 +127,12 @@ pub async fn delete_hold(
 ) -> Result<StatusCode, ApiError> {
     let id = HoldId::parse(&id).ok_or_else(hold_not_found)?;
     match state.booking.release(&customer, &id).await? {
-        ReleaseOutcome::Released(h) => {
+        ReleaseOutcome::Released(h) | ReleaseOutcome::Lapsed { hold: h, .. } => {
             // Done shopping: the waiting room's next fan takes the place.
-            super::queue::done_shopping(&state, &customer, &h.event_id).await;
+            state.queue.done_shopping(&customer, &h.event_id).await;
             Ok(StatusCode::NO_CONTENT)
         }
-        ReleaseOutcome::AlreadyEnded(_) | ReleaseOutcome::Lapsed { .. } => Ok(StatusCode::NO_CONTENT),
+        ReleaseOutcome::AlreadyEnded(_) => Ok(StatusCode::NO_CONTENT),
         ReleaseOutcome::InCheckout(_) => {
             Err(ApiError::conflict("hold_not_active", "payment for this hold is under way; it cannot be released"))
         }

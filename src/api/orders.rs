@@ -170,7 +170,7 @@ pub async fn checkout(
         let receipt = state.checkout.checkout(&customer, &hold, pm).await?;
         if receipt.order.status == OrderStatus::Confirmed {
             // Done shopping: the waiting room's next fan takes the place.
-            super::queue::done_shopping(&state, &customer, &receipt.order.event_id).await;
+            state.queue.done_shopping(&customer, &receipt.order.event_id).await;
         }
         Ok((no_store(), Json(OrderView::new(&receipt))).into_response())
     })

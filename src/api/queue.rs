@@ -99,20 +99,6 @@ pub async fn require_admission(
     })
 }
 
-/// Frees the fan's waiting-room place once they hold nothing more of the
-/// event (paid, or let go of their last hold).
-pub async fn done_shopping(state: &AppState, customer: &Customer, event: &crate::domain::ids::EventId) {
-    // Most events have no room: no database read for them.
-    let has_room = state.catalog.event(event).await.ok().flatten().is_some_and(|e| e.has_waiting_room());
-    if !has_room {
-        return;
-    }
-    let live = state.store.customer_holds(customer, state.clock.now(), 100).await;
-    if live.is_ok_and(|holds| !holds.iter().any(|h| &h.event_id == event)) {
-        state.queue.finished(customer, event).await;
-    }
-}
-
 /// Joins the event's waiting room: 201 the first time, 200 with the same
 /// entry after.
 #[utoipa::path(post, path = "/v1/events/{id}/queue", tag = "queue", security(("customer" = [])),

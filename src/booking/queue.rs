@@ -212,6 +212,21 @@ impl QueueService {
         Ok(())
     }
 
+    /// Frees the fan's waiting-room place once they hold nothing more of the
+    /// event: they paid, let go of their last hold, or let it lapse (the
+    /// sweeper calls this for every hold it ends).
+    pub async fn done_shopping(&self, customer: &Customer, event: &EventId) {
+        // Most events have no room: no database read for them.
+        let has_room = self.0.catalog.event(event).await.ok().flatten().is_some_and(|e| e.has_waiting_room());
+        if !has_room {
+            return;
+        }
+        let live = self.0.store.customer_holds(customer, self.0.clock.now(), 100).await;
+        if live.is_ok_and(|holds| !holds.iter().any(|h| &h.event_id == event)) {
+            self.finished(customer, event).await;
+        }
+    }
+
     /// The fan is done shopping (paid, or let the hold go): their place is
     /// free for the next fan at once, and their token admits no more.
     pub async fn finished(&self, customer: &Customer, event: &EventId) {

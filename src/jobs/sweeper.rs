@@ -3,13 +3,16 @@
 //! Expiry itself is lazy: the store treats a `held` seat past its expiry as
 //! available the moment it expires, so no sale waits for this job. The
 //! sweeper only tidies: it marks lapsed holds `expired`, frees their
-//! inventory rows and GA places, and drops their fast-path locks. It also
-//! deletes idempotency keys older than [`KEY_RETENTION`].
+//! inventory rows and GA places, and drops their fast-path locks. A fan
+//! whose last hold of an event it ended gets their waiting-room place
+//! taken back for the next fan. It also deletes idempotency keys older than
+//! [`KEY_RETENTION`].
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::booking::queue::QueueService;
 use crate::booking::BookingService;
 use crate::domain::time::Timestamp;
 
@@ -25,13 +28,21 @@ pub struct SweepReport {
     pub keys_reaped: u64,
 }
 
-/// Ends every hold that had lapsed at the clock's "now".
-pub async fn run_once(booking: &BookingService) -> anyhow::Result<SweepReport> {
+/// Ends every hold that had lapsed at the clock's "now". A fan whose last
+/// hold of an event lapsed has abandoned their turn: the waiting room gets
+/// their place back now rather than when the turn's time runs out.
+pub async fn run_once(booking: &BookingService, queue: &QueueService) -> anyhow::Result<SweepReport> {
     let now = booking.clock().now();
     let mut report = SweepReport::default();
     loop {
         let expired = booking.store().expire_holds(now, BATCH).await?;
         booking.forget_expired(&expired).await;
+        let mut abandoned: Vec<_> = expired.iter().map(|h| (&h.buyer, &h.event_id)).collect();
+        abandoned.sort_by(|a, b| (a.0.id.as_str(), a.1.as_str()).cmp(&(b.0.id.as_str(), b.1.as_str())));
+        abandoned.dedup_by(|a, b| a.0.id == b.0.id && a.1 == b.1);
+        for (buyer, event) in abandoned {
+            queue.done_shopping(buyer, event).await;
+        }
         report.expired += expired.len();
         metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
         if expired.len() < BATCH as usize {
@@ -49,6 +60,6 @@ pub async fn run_once(booking: &BookingService) -> anyhow::Result<SweepReport> {
 }
 
 /// Runs [`run_once`] every `period` until `stop` is cancelled.
-pub async fn run(booking: BookingService, period: Duration, stop: CancellationToken) {
-    super::every("sweeper", period, stop, || run_once(&booking)).await
+pub async fn run(booking: BookingService, queue: QueueService, period: Duration, stop: CancellationToken) {
+    super::every("sweeper", period, stop, || run_once(&booking, &queue)).await
 }

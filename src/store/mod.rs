@@ -290,6 +290,9 @@ pub struct ExpiredHold {
     /// already taken over after the hold lapsed.
     pub freed: Vec<SeatId>,
     pub ga: Option<GaSelection>,
+    /// Whose hold it was: a waiting room frees their place once nothing
+    /// else of theirs at the event is live.
+    pub buyer: Customer,
 }
 
 /// The hold a successful placement creates: priced from the event's

@@ -384,7 +384,7 @@ async fn idempotency_keys_are_forgotten_after_a_day() {
     let second = held(&app, &fan, &event, &["A2"]).await;
     app.checkout(&fan, &second, "k", "pm_card_visa").await.assert_problem(422, "idempotency_key_mismatch");
     app.clock.advance(std::time::Duration::from_secs(3600 + 1));
-    let swept = boxoffice::jobs::sweeper::run_once(&app.state.booking).await.unwrap();
+    let swept = boxoffice::jobs::sweeper::run_once(&app.state.booking, &app.state.queue).await.unwrap();
     assert!(swept.keys_reaped >= 1, "{swept:?}");
     let third = held(&app, &fan, &event, &["A3"]).await;
     let again = app.checkout(&fan, &third, "k", "pm_card_visa").await;

@@ -42,9 +42,9 @@ async fn the_sweeper_ends_lapsed_holds_and_leaves_live_ones() {
     let late = app.hold(&fan, &event, json!({"seats": ["D2"]})).await.id();
 
     app.clock.advance(Duration::from_secs(60));
-    let report = sweeper::run_once(&app.state.booking).await.unwrap();
+    let report = sweeper::run_once(&app.state.booking, &app.state.queue).await.unwrap();
     assert_eq!(report.expired, 2, "the seat hold and the GA hold made at t=0");
-    assert_eq!(sweeper::run_once(&app.state.booking).await.unwrap().expired, 0, "idempotent");
+    assert_eq!(sweeper::run_once(&app.state.booking, &app.state.queue).await.unwrap().expired, 0, "idempotent");
 
     for (id, status) in [(&early, "expired"), (&ga, "expired"), (&late, "held")] {
         assert_eq!(app.get(&format!("/v1/holds/{id}"), Some(&fan)).await.body["status"], status, "{id}");

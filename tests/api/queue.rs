@@ -37,6 +37,7 @@ on_both_backends!(
     the_stream_reports_the_entry_until_the_turn_comes,
     a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired,
     a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate,
+    a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept,
 );
 
 /// The embedded store with scale-out rooms (and seat locks) in Redis.
@@ -214,6 +215,52 @@ async fn a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate(app:
     assert_eq!(off.body["waiting_room"]["enabled"], false, "{}", off.body);
     join(&app, &fans[0].0, &event).await.assert_problem(409, "no_waiting_room");
     assert_eq!(hold_with(&app, &fans[19].0, &event, "A1", None).await.status, StatusCode::CREATED, "no token needed");
+}
+
+/// One shopper at a time: the admitted fan holds a seat and walks away. When
+/// the sweeper ends the lapsed hold, the place goes to the next fan at once,
+/// not when the turn's 15 minutes run out.
+async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app: TestApp) {
+    let now = app.clock.now();
+    let event = app
+        .demo_event(json!({
+            "on_sale_at": now.plus_secs(100).to_rfc3339(),
+            "hold_ttl_seconds": 60,
+            "waiting_room": {
+                "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": 1,
+                "prequeue_opens_at": now.to_rfc3339(),
+            }
+        }))
+        .await;
+    let mut fans = Vec::new();
+    for i in 0..2 {
+        let token = app.customer(&format!("fan{i}@example.com")).await;
+        let e = join(&app, &token, &event).await;
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    app.clock.advance(Duration::from_secs(102));
+    let mut first = None;
+    let mut waiting = None;
+    for (token, entry_id) in &fans {
+        let e = entry(&app, token, &event, entry_id).await;
+        match e["status"].as_str().unwrap() {
+            "admitted" => first = Some((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
+            "waiting" => waiting = Some((token.clone(), entry_id.clone())),
+            other => panic!("{other}: {e}"),
+        }
+    }
+    let ((fan, admission), (next, next_entry)) = (first.expect("one shopper"), waiting.expect("one waiting"));
+    let held = hold_with(&app, &fan, &event, "A1", Some(&admission)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+
+    app.clock.advance(Duration::from_secs(61)); // the hold lapses; the turn has 14 minutes left
+    assert_eq!(entry(&app, &next, &event, &next_entry).await["status"], "waiting", "the room is full");
+    let swept = boxoffice::jobs::sweeper::run_once(&app.state.booking, &app.state.queue).await.unwrap();
+    assert_eq!(swept.expired, 1);
+    app.clock.advance(Duration::from_secs(1));
+    let e = entry(&app, &next, &event, &next_entry).await;
+    assert_eq!(e["status"], "admitted", "the next fan is in: {e}");
+    hold_with(&app, &fan, &event, "A2", Some(&admission)).await.assert_problem(403, "not_admitted");
 }
 
 /// The entry over SSE: the pre-queue state at once, then the turn when it

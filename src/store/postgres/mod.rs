@@ -418,13 +418,23 @@ async fn release_inventory(tx: &mut Tx, holds: &[Hold]) -> anyhow::Result<Vec<Ve
 /// Gives back the inventory of holds that were just moved out of `held`
 /// (each by exactly one caller: the `status = 'held'` guard re-checks after
 /// any concurrent change).
+/// The rows carry [`HOLD_COLUMNS`] and `buyer`.
 async fn expire(tx: &mut Tx, rows: Vec<PgRow>) -> anyhow::Result<Vec<ExpiredHold>> {
     let holds: Vec<Hold> = rows.iter().map(hold_from_row).collect::<anyhow::Result<_>>()?;
+    let buyers: Vec<String> = rows.iter().map(|r| r.try_get("buyer")).collect::<Result<_, _>>()?;
     let freed = release_inventory(tx, &holds).await?;
     Ok(holds
         .into_iter()
         .zip(freed)
-        .map(|(h, freed)| ExpiredHold { id: h.id, event_id: h.event_id, seats: h.seats, freed, ga: h.ga })
+        .zip(buyers)
+        .map(|((h, freed), email)| ExpiredHold {
+            buyer: Customer { id: h.customer_id, email: Email::from_trusted(email) },
+            id: h.id,
+            event_id: h.event_id,
+            seats: h.seats,
+            freed,
+            ga: h.ga,
+        })
         .collect())
 }
 
@@ -438,7 +448,7 @@ async fn take_ga(
     // Lazy expiry for GA: hand this area's lapsed holds back first.
     let lapsed = sqlx::query(&format!(
         "UPDATE holds SET status = 'expired', version = version + 1 \
-         WHERE event_id = $1 AND ga_area = $2 AND status = 'held' AND expires_at <= $3 RETURNING {HOLD_COLUMNS}"
+         WHERE event_id = $1 AND ga_area = $2 AND status = 'held' AND expires_at <= $3 RETURNING {HOLD_COLUMNS}, buyer"
     ))
     .bind(event_id)
     .bind(area.as_str())
@@ -1028,7 +1038,7 @@ impl Store for PgStore {
                 "WITH due AS (SELECT id FROM holds WHERE status = 'held' AND expires_at <= $1 \
                               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE holds h SET status = 'expired', version = h.version + 1 FROM due \
-                 WHERE h.id = due.id AND h.status = 'held' RETURNING {}",
+                 WHERE h.id = due.id AND h.status = 'held' RETURNING {}, h.buyer",
                 HOLD_COLUMNS.split(", ").map(|c| format!("h.{c}")).collect::<Vec<_>>().join(", ")
             ))
             .bind(now.as_millis())

@@ -391,13 +391,20 @@ fn expire_one(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<Opt
         .prepare_cached(
             "UPDATE holds SET status = 'expired', version = version + 1 \
              WHERE id = ?1 AND status = 'held' AND expires_at <= ?2 \
-             RETURNING event_id, seats, ga_area, ga_count",
+             RETURNING event_id, seats, ga_area, ga_count, customer_id, buyer",
         )?
         .query_row(params![id, now.as_millis()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, u32>(3)?))
+            let buyer = Customer { id: CustomerId::from_trusted(r.get(4)?), email: Email::from_trusted(r.get(5)?) };
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, u32>(3)?,
+                buyer,
+            ))
         })
         .optional()?;
-    let Some((event_id, seats, ga_area, ga_count)) = ended else { return Ok(None) };
+    let Some((event_id, seats, ga_area, ga_count, buyer)) = ended else { return Ok(None) };
     let freed = release_inventory(conn, id, &event_id, &seats, ga_area.as_deref(), i64::from(ga_count))?;
     Ok(Some(ExpiredHold {
         id: HoldId::from_trusted(id.to_owned()),
@@ -405,6 +412,7 @@ fn expire_one(conn: &Connection, id: &str, now: Timestamp) -> anyhow::Result<Opt
         seats: decode_seats(&seats)?,
         freed,
         ga: ga_area.map(|a| GaSelection { area: AreaId::from_trusted(a), count: ga_count }),
+        buyer,
     }))
 }
 
