@@ -288,6 +288,18 @@ impl TestApp {
         self.send(Method::POST, path, token, Some(body)).await
     }
 
+    /// A Prometheus counter from `/metrics`, summed over its labels; 0 while
+    /// nothing has counted it. The registry is the process's, shared by
+    /// every test running in it, so compare a before and an after: the
+    /// after is at least the before plus what this test did.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// A new customer session; returns its bearer token.
     pub async fn customer(&self, email: &str) -> String {
         let r = self.post("/v1/sessions", None, json!({ "email": email })).await;

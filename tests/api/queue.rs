@@ -137,6 +137,7 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
 
     let (fan, admission) = &admitted[0];
     let (other_fan, other_admission) = &admitted[1];
+    let rejections_before = app.counter("boxoffice_queue_rejections_total").await;
     hold_with(&app, fan, &event, "A1", None).await.assert_problem(403, "not_admitted");
     hold_with(&app, fan, &event, "A1", Some(other_admission)).await.assert_problem(403, "not_admitted");
     hold_with(&app, fan, &event, "A1", Some("forged.token")).await.assert_problem(403, "not_admitted");
@@ -144,6 +145,11 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     hold_with(&app, &waiting_fan.0, &event, "A2", Some(admission)).await.assert_problem(403, "not_admitted");
     let held = hold_with(&app, fan, &event, "A1", Some(admission)).await;
     assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+    let rejections = app.counter("boxoffice_queue_rejections_total").await;
+    assert!(
+        rejections >= rejections_before + 4.0,
+        "each refused token is counted: {rejections_before} -> {rejections}"
+    );
 
     // Checkout needs the token too; paying frees the place for the next fan.
     let checkout = format!("/v1/holds/{}/checkout", held.id());

@@ -20,6 +20,7 @@ async fn a_customer_past_their_rate_gets_429_with_retry_after() {
     })
     .await;
     let (fan, other) = (app.customer("fan@example.com").await, app.customer("other@example.com").await);
+    let limited_before = app.counter("boxoffice_rate_limited_total").await;
     for _ in 0..3 {
         assert_eq!(app.get("/v1/customers/me/holds", Some(&fan)).await.status, StatusCode::OK);
     }
@@ -33,6 +34,7 @@ async fn a_customer_past_their_rate_gets_429_with_retry_after() {
     let again = app.customer("fan@example.com").await;
     assert_ne!(again, fan);
     app.get("/v1/customers/me/holds", Some(&again)).await.assert_problem(429, "rate_limited");
+    assert!(app.counter("boxoffice_rate_limited_total").await >= limited_before + 2.0, "both refusals are counted");
     for _ in 0..5 {
         let admin = app.post("/v1/venues", Some(ADMIN_TOKEN), boxoffice::demo::venue_json()).await;
         assert_eq!(admin.status, StatusCode::CREATED, "the operator is not rate limited");
@@ -69,6 +71,7 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
         .await,
     );
     let event = app.demo_event(json!({})).await;
+    let shed_before = app.counter("boxoffice_shed_total").await;
     let mut holds = Vec::new();
     for i in 0..3 {
         let fan = app.customer(&format!("fan{i}@example.com")).await;
@@ -129,6 +132,8 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
         assert_eq!(t.await.unwrap().body["status"], "confirmed");
     }
     assert_eq!(app.get(&format!("/v1/events/{event}"), None).await.status, StatusCode::OK, "capacity is back");
+    let shed = app.counter("boxoffice_shed_total").await;
+    assert!(shed >= shed_before + crowd as f64 + 1.0, "every shed request is counted: {shed_before} -> {shed}");
 }
 
 /// Scaled out, a client's rate is one budget across every node (GCRA in
