@@ -149,7 +149,8 @@ return redis.call('GETBIT', finished, ARGV[1])
 /// Returns {joined, serving, active, first sample, last sample}.
 const OVERVIEW: &str = r"
 return {s(get('joined')), s(get('serving')), s(get('active')),
-  redis.call('LINDEX', samples, 0) or '', redis.call('LINDEX', samples, -1) or ''}
+  redis.call('LINDEX', samples, 0) or '', redis.call('LINDEX', samples, -1) or '',
+  redis.call('HGET', st, 'prequeue') or ''}
 ";
 
 /// ARGV: node, now, ttl_ms. Returns the fencing token, or '' while another
@@ -494,8 +495,9 @@ impl WaitingRooms for RedisRooms {
             Ok(text.parse()?)
         };
         let (joined, serving, active) = (n(0)?, n(1)?, n(2)?);
+        let drawn = n(5).ok(); // '' until the on-sale froze the pre-queue
         let rate = measured_rate(sample(v.get(3)), sample(v.get(4)), room.settings.rate_per_minute);
-        Ok((RoomCounts { joined, serving, active, waiting: joined.saturating_sub(serving) }, rate))
+        Ok((RoomCounts { joined, drawn, serving, active, waiting: joined.saturating_sub(serving) }, rate))
     }
 
     async fn tick(&self, room: &RoomSpec, now: Timestamp) -> anyhow::Result<bool> {

@@ -430,6 +430,7 @@ impl Room {
     pub fn counts(&self) -> RoomCounts {
         RoomCounts {
             joined: self.joined,
+            drawn: self.prequeue,
             serving: self.serving,
             active: self.active,
             waiting: self.joined - self.serving,
@@ -450,6 +451,9 @@ impl Room {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoomCounts {
     pub joined: u32,
+    /// How many joined before the on-sale and were drawn; `None` until the
+    /// draw. With the draw key, it is all an auditor needs.
+    pub drawn: Option<u32>,
     pub serving: u32,
     pub active: u32,
     pub waiting: u32,

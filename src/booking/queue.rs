@@ -247,6 +247,7 @@ impl QueueService {
         let (counts, measured) = self.0.rooms.overview(&room, now).await.map_err(QueueError::Unavailable)?;
         Ok(Overview {
             joined: counts.joined,
+            drawn: counts.drawn,
             waiting: counts.waiting,
             admitted: counts.serving,
             active: counts.active,
@@ -263,6 +264,10 @@ impl QueueService {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub joined: u32,
+    /// How many fans joined before the on-sale and were placed by the draw
+    /// (join slots `0..drawn`; an entry `qe_N` has slot N); null before it.
+    /// With `draw_key`, anyone can recompute each drawn fan's position.
+    pub drawn: Option<u32>,
     pub waiting: u32,
     pub admitted: u32,
     /// Admitted and still shopping (or yet to claim).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use boxoffice::domain::draw::verify_commitment;
+use boxoffice::domain::draw::{permute, verify_commitment, DrawKey};
 use boxoffice::domain::time::Clock;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -113,12 +113,15 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     let commitment = overview.body["draw_commitment"].as_str().unwrap().to_owned();
     assert_eq!(overview.body["draw_key"], Value::Null, "the key stays secret until the draw");
+    assert_eq!(overview.body["drawn"], Value::Null, "nobody is drawn before the on-sale");
     app.clock.advance(Duration::from_secs(102)); // two seconds into the sale: two fans in
     let mut admitted = Vec::new();
     let mut positions = Vec::new();
+    let mut placed = Vec::new();
     for (token, entry_id) in &fans {
         let e = entry(&app, token, &event, entry_id).await;
         positions.push(e["position"].as_u64().unwrap());
+        placed.push((entry_id.clone(), e["position"].as_u64().unwrap()));
         match e["status"].as_str().unwrap() {
             "admitted" => admitted.push((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
             "waiting" => assert!(e["estimated_wait_seconds"].as_u64().unwrap() <= 3, "{e}"),
@@ -133,7 +136,15 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
         assert!(metrics.contains(name), "{name} is exported");
     }
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
-    assert!(verify_commitment(overview.body["draw_key"].as_str().unwrap(), &commitment), "the draw is auditable");
+    let key_hex = overview.body["draw_key"].as_str().unwrap();
+    assert!(verify_commitment(key_hex, &commitment), "the published key is the one committed to");
+    // An auditor recomputes every drawn fan's place from what is published.
+    let (key, drawn) = (DrawKey::from_hex(key_hex).unwrap(), overview.body["drawn"].as_u64().unwrap());
+    assert_eq!(drawn, 5, "{}", overview.body);
+    for (entry_id, position) in &placed {
+        let slot: u64 = entry_id.strip_prefix("qe_").unwrap().parse().unwrap();
+        assert_eq!(permute(&key, drawn, slot) + 1, *position, "{entry_id}");
+    }
 
     let (fan, admission) = &admitted[0];
     let (other_fan, other_admission) = &admitted[1];
