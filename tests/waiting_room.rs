@@ -193,6 +193,47 @@ async fn waiting_fans_see_their_place_and_an_honest_wait(rooms: &dyn WaitingRoom
     assert!((wait.as_secs_f64() - 70.0).abs() < 2.0, "{wait:?}");
 }
 
+/// The room lets in 60 a minute, but it is full and shoppers leave only one
+/// every 3 s: fans are really let in at about 24 a minute (40 in the 100 s
+/// since the on-sale), and the wait a fan is shown follows that, not the
+/// configured rate.
+async fn the_wait_follows_the_measured_rate_when_shoppers_leave_slowly(rooms: &dyn WaitingRooms) {
+    let r = room(60, 10);
+    let fs = fans(100);
+    let slots = join_all(rooms, &r, &fs, at(0)).await;
+    let mut by_position = vec![(0, 0); 101];
+    for (f, s) in fs.iter().zip(&slots) {
+        by_position[position(&status(rooms, &r, *f, *s, at(100)).await) as usize] = (*f, *s);
+    }
+    for t in 101..=110 {
+        rooms.tick(&r, at(t)).await.unwrap();
+    }
+    let (mut claimed, mut finished) = (0, 0);
+    for step in 0..=30 {
+        let now = at(110 + 3 * step);
+        let (admitted, _) = serving(rooms, &r, now).await;
+        while claimed < admitted {
+            claimed += 1;
+            let (f, s) = by_position[claimed as usize];
+            assert!(matches!(status(rooms, &r, f, s, now).await, Status::Admitted { .. }), "claimed in time");
+        }
+        if step < 30 {
+            finished += 1;
+            rooms.finish(&r, by_position[finished].0, now).await.unwrap();
+        }
+    }
+    assert_eq!(claimed, 40, "ten at the rate, then one per shopper who left");
+    let (f, s) = by_position[100];
+    match status(rooms, &r, f, s, at(200)).await {
+        Status::Waiting { ahead, estimated_wait, .. } => {
+            assert_eq!(ahead, 60);
+            let per_fan = estimated_wait.as_secs_f64() / f64::from(ahead);
+            assert!((2.0..3.0).contains(&per_fan), "about 2.5 s a fan, not the configured 1 s: {per_fan}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn a_quiet_stretch_does_not_let_a_later_crowd_in_faster(rooms: &dyn WaitingRooms) {
     let r = room(60, 1_000);
     serving(rooms, &r, at(700)).await; // ten minutes of sale with nobody waiting
@@ -210,6 +251,7 @@ async fn conformance(rooms: &dyn WaitingRooms) {
     capacity_caps_admission_and_finishing_frees_a_place(rooms).await;
     an_unclaimed_turn_lapses_and_its_place_is_reclaimed(rooms).await;
     waiting_fans_see_their_place_and_an_honest_wait(rooms).await;
+    the_wait_follows_the_measured_rate_when_shoppers_leave_slowly(rooms).await;
     a_quiet_stretch_does_not_let_a_later_crowd_in_faster(rooms).await;
 }
 
