@@ -56,6 +56,7 @@ impl From<QueueError> for ApiError {
                     .with("opens_at", at.to_rfc3339())
             }
             QueueError::Closed => ApiError::conflict("queue_closed", "the sale is over"),
+            QueueError::SoldOut => ApiError::conflict("sold_out", "every ticket for this event is sold"),
             QueueError::EntryNotFound => ApiError::not_found("entry_not_found", "no such queue entry"),
             QueueError::Store(s) => s.into(),
             QueueError::Unavailable(e) => {
@@ -105,7 +106,7 @@ pub async fn require_admission(
     params(("id" = String, Path)),
     responses((status = 201, body = EntryView), (status = 200, description = "already in the queue", body = EntryView),
               (status = 404, description = "event_not_found", body = Problem),
-              (status = 409, description = "no_waiting_room, queue_not_open, queue_closed", body = Problem),
+              (status = 409, description = "no_waiting_room, queue_not_open, queue_closed, sold_out", body = Problem),
               (status = 503, description = "queue_unavailable", body = Problem)))]
 pub async fn join(
     State(state): State<AppState>,

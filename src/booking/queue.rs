@@ -52,6 +52,8 @@ pub enum QueueError {
     NotOpen(Timestamp),
     #[error("the sale is over")]
     Closed,
+    #[error("every ticket is sold")]
+    SoldOut,
     #[error("no such entry")]
     EntryNotFound,
     /// The rooms' backend (Redis) did not answer.
@@ -136,6 +138,18 @@ impl QueueService {
         }
         if now >= event.starts_at || event.cancelled {
             return Err(QueueError::Closed);
+        }
+        // Sold out: every seat and place sold, none held that could come back.
+        // The counts come from the catalog cache, so a fan who joins within
+        // a second of the last sale may still get in line (and find nothing).
+        let sold_out = self
+            .0
+            .catalog
+            .availability(&event.id, now)
+            .await?
+            .is_some_and(|a| a.all.total > 0 && a.all.sold >= a.all.total);
+        if sold_out {
+            return Err(QueueError::SoldOut);
         }
         let fan = fan_key(customer.email.as_str());
         let (slot, new, status) = self.0.rooms.join(&room, fan, now).await.map_err(QueueError::Unavailable)?;

@@ -38,6 +38,7 @@ on_both_backends!(
     a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired,
     a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate,
     a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept,
+    a_sold_out_event_takes_no_more_fans,
 );
 
 /// The embedded store with scale-out rooms (and seat locks) in Redis.
@@ -278,6 +279,28 @@ async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app
     let e = entry(&app, &next, &event, &next_entry).await;
     assert_eq!(e["status"], "admitted", "the next fan is in: {e}");
     hold_with(&app, &fan, &event, "A2", Some(&admission)).await.assert_problem(403, "not_admitted");
+}
+
+/// A two-seat hall sells both seats, then its organizer turns a room on: a
+/// fan who comes now is told it is sold out instead of being put in line.
+/// Another event with seats left still queues.
+async fn a_sold_out_event_takes_no_more_fans(app: TestApp) {
+    let venue = app.create_venue(boxoffice::demo::sized_venue_json("Tiny Hall", "Smalltown", 1, 2, 0)).await;
+    let event = app.create_event(&venue, json!({"prices": {"premium": 2500}})).await;
+    let buyer = app.customer("buyer@example.com").await;
+    let held = app.hold(&buyer, &event, json!({"seats": ["A1", "A2"]})).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+    let paid = app.checkout(&buyer, &held.id(), "pay-both", "pm_card_visa").await;
+    assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
+    let room = json!({"waiting_room": {"enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": 10}});
+    let on = app.send(Method::PATCH, &format!("/v1/events/{event}"), Some(ADMIN_TOKEN), Some(room.clone())).await;
+    assert_eq!(on.status, StatusCode::OK, "{}", on.body);
+    let fan = app.customer("fan@example.com").await;
+    join(&app, &fan, &event).await.assert_problem(409, "sold_out");
+
+    let open =
+        app.create_event(&venue, json!({"prices": {"premium": 2500}, "waiting_room": room["waiting_room"]})).await;
+    assert_eq!(join(&app, &fan, &open).await.status, StatusCode::CREATED, "seats left: the fan queues");
 }
 
 /// The entry over SSE: the pre-queue state at once, then the turn when it
