@@ -192,17 +192,16 @@ impl Traffic {
     }
 }
 
-/// Checkout and payment traffic, which may use the reserve: paying
-/// (`POST …/holds/{id}/checkout`), a signed-in fan's orders, and check-in.
-/// Anonymous requests never do.
-fn is_payment(method: &axum::http::Method, path: &str, signed_in: bool) -> bool {
+/// Checkout and payment routes, which may use the reserve: paying
+/// (`POST …/holds/{id}/checkout`), a fan's orders, and check-in. Only for
+/// requests [`vouched_for`]: anonymous ones and made-up tokens never do.
+fn is_payment(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     // Inside the nested `/v1` router the prefix is already stripped.
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    signed_in
-        && ((method == Method::POST && path.starts_with("/holds/") && path.ends_with("/checkout"))
-            || path.starts_with("/orders/")
-            || (method == Method::POST && path == "/checkins"))
+    (method == Method::POST && path.starts_with("/holds/") && path.ends_with("/checkout"))
+        || path.starts_with("/orders/")
+        || (method == Method::POST && path == "/checkins")
 }
 
 fn rate_limited<K: std::hash::Hash + Eq + Clone>(wait: Duration, limit: &Limit<K>) -> Response {
@@ -254,7 +253,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     }
     let permit = match traffic.general.try_acquire() {
         Ok(p) => Some(p),
-        Err(_) if is_payment(req.method(), req.uri().path(), req.headers().contains_key(header::AUTHORIZATION)) => {
+        Err(_) if is_payment(req.method(), req.uri().path()) && vouched_for(&state, &mut req).await => {
             traffic.reserved.try_acquire().ok()
         }
         Err(_) => None,
@@ -264,6 +263,40 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         return ApiError::unavailable("overloaded", "the service is at capacity; retry shortly").into_response();
     };
     next.run(req).await
+}
+
+/// Whether the request's bearer token is one the reserve is kept for: a
+/// live customer session, or the admin or scanner token. Asked only when
+/// the general capacity is gone, so a flood of made-up tokens cannot take
+/// the reserve from paying fans. A session already resolved by the rate
+/// limit is reused; otherwise this resolves it (the session cache, then
+/// the store) and hands it on to the auth extractor.
+async fn vouched_for(state: &AppState, req: &mut Request) -> bool {
+    if req.extensions().get::<super::extract::SignedIn>().is_some() {
+        return true;
+    }
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::extract::bearer_token)
+        .filter(|t| t.len() <= 256)
+    else {
+        return false;
+    };
+    let hash = req.extensions().get::<TokenHash>().copied().unwrap_or_else(|| TokenHash::of(token));
+    let operator = bool::from(hash.0.ct_eq(&state.admin_token_hash.0))
+        || state.scanner_token_hash.is_some_and(|h| bool::from(hash.0.ct_eq(&h.0)));
+    if operator {
+        return true;
+    }
+    match super::extract::session_customer(state, hash).await {
+        Ok(Some(customer)) => {
+            req.extensions_mut().insert(super::extract::SignedIn(customer));
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Keeps the rate limiters' memory bounded.
@@ -284,14 +317,13 @@ mod tests {
     #[test]
     fn payment_routes_are_the_ones_that_may_use_the_reserve() {
         use axum::http::Method;
-        assert!(is_payment(&Method::POST, "/v1/holds/hld_1/checkout", true));
-        assert!(is_payment(&Method::GET, "/v1/orders/ord_1", true));
-        assert!(is_payment(&Method::POST, "/v1/checkins", true));
-        assert!(!is_payment(&Method::GET, "/v1/orders/ord_1", false), "anonymous requests never use it");
-        assert!(!is_payment(&Method::GET, "/v1/holds/hld_1/checkout", true));
-        assert!(!is_payment(&Method::POST, "/v1/events/evt_1/queue", true));
-        assert!(!is_payment(&Method::POST, "/v1/events/evt_1/holds", true));
-        assert!(is_payment(&Method::POST, "/holds/hld_1/checkout", true), "as the nested router sees it");
+        assert!(is_payment(&Method::POST, "/v1/holds/hld_1/checkout"));
+        assert!(is_payment(&Method::GET, "/v1/orders/ord_1"));
+        assert!(is_payment(&Method::POST, "/v1/checkins"));
+        assert!(!is_payment(&Method::GET, "/v1/holds/hld_1/checkout"));
+        assert!(!is_payment(&Method::POST, "/v1/events/evt_1/queue"));
+        assert!(!is_payment(&Method::POST, "/v1/events/evt_1/holds"));
+        assert!(is_payment(&Method::POST, "/holds/hld_1/checkout"), "as the nested router sees it");
     }
 
     #[test]

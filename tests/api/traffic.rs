@@ -100,6 +100,10 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
     let browse = app.get(&format!("/v1/events/{event}"), None).await;
     browse.assert_problem(503, "overloaded");
     assert!(browse.headers.contains_key("retry-after"));
+    // The reserve is for real sessions: a made-up token on the payment
+    // route is shed like browsing, not let through to fail auth.
+    let made_up = app.checkout("made-up-token", &holds[2].1, "junk", "pm_card_visa").await;
+    made_up.assert_problem(503, "overloaded");
     // A crowd far past the limit, released at once, with a third payment
     // among them: the crowd is shed, the payment gets through on the
     // reserve.
