@@ -187,3 +187,35 @@ async fn rate_limits_are_shared_by_every_node() {
     let elapsed = started.elapsed().as_secs() as usize;
     assert!(passed >= 3 && passed <= 3 + elapsed, "{passed} passed in about {elapsed} s");
 }
+
+/// Every request has a deadline: one still running at `request_timeout` is
+/// answered with a 503 problem document. The clock is tokio's, paused, so
+/// the 30 s pass without waiting.
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_a_503_problem() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use boxoffice::api::HttpLimits;
+    use tower::ServiceExt;
+
+    let app = crate::helpers::spawn_app().await;
+    let slow = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "finished"
+        }),
+    );
+    let limits = HttpLimits { request_timeout: Duration::from_secs(30), ..HttpLimits::default() };
+    let router = boxoffice::api::router_with(app.state.clone(), &limits, slow);
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let response = router.oneshot(Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let took = started.elapsed();
+    assert!((Duration::from_secs(30)..Duration::from_secs(31)).contains(&took), "cut off at the deadline: {took:?}");
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "timeout", "{problem}");
+}
