@@ -14,6 +14,7 @@
 //! loses its subscription drops everything when it resubscribes, and the
 //! TTLs bound staleness if a message is lost.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,12 +65,30 @@ impl CatalogChange {
     }
 }
 
+/// Callers waiting their turn to load an entry, per (kind, event).
+type LoadTurns = parking_lot::Mutex<HashMap<(&'static str, EventId), Arc<tokio::sync::Mutex<()>>>>;
+
+/// Availability counts as last read, and whether a fresh read is under way.
+struct Counted {
+    counts: Arc<Availability>,
+    at: tokio::time::Instant,
+    refreshing: bool,
+}
+
 pub struct CatalogCache {
     store: DynStore,
     events: Cache<EventId, Arc<Event>>,
     venues: Cache<VenueId, Arc<Venue>>,
     searches: Cache<String, Arc<Vec<Event>>>,
     availability: Cache<EventId, Arc<Availability>>,
+    /// One load at a time per (kind, event): when a busy entry expires, the
+    /// first caller reloads it and the others wait for that load instead of
+    /// each reading the store (a joins stampede once made every expiry of
+    /// an event's availability cost 64 concurrent counts of its seats).
+    loads: LoadTurns,
+    /// The last availability counts per event for paths that must never
+    /// wait on the store (queue joins); see [`CatalogCache::availability_now`].
+    counted: parking_lot::RwLock<HashMap<EventId, Counted>>,
     /// Where changes are published to other nodes; `None` when embedded.
     bus: Option<RedisBus>,
 }
@@ -89,6 +108,8 @@ impl CatalogCache {
             venues: cache(VENUE_TTL, 10_000),
             searches: cache(SEARCH_TTL, 10_000),
             availability: cache(AVAILABILITY_TTL, 100_000),
+            loads: parking_lot::Mutex::default(),
+            counted: parking_lot::RwLock::default(),
             bus,
         }
     }
@@ -96,7 +117,7 @@ impl CatalogCache {
     /// This node's copy, else the copy shared in Redis, else the store's
     /// (which is then shared with the other nodes for `EVENT_TTL`).
     pub async fn event(&self, id: &EventId) -> StoreResult<Option<Arc<Event>>> {
-        self.tiered(&self.events, id, RedisBus::event_key, EVENT_TTL, || self.store.event(id)).await
+        self.tiered("event", &self.events, id, RedisBus::event_key, EVENT_TTL, || self.store.event(id)).await
     }
 
     pub async fn venue(&self, id: &VenueId) -> StoreResult<Option<Arc<Venue>>> {
@@ -138,16 +159,102 @@ impl CatalogCache {
     /// keeps counts at most `AVAILABILITY_TTL` old, so what a fan sees is at
     /// most twice that.
     pub async fn availability(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Arc<Availability>>> {
-        self.tiered(&self.availability, id, RedisBus::availability_key, AVAILABILITY_TTL, || {
+        self.tiered("availability", &self.availability, id, RedisBus::availability_key, AVAILABILITY_TTL, || {
             self.store.availability(id, now)
         })
         .await
     }
 
+    /// Availability for paths that must not wait on the store: the counts
+    /// this node last read, refreshed in the background once they are
+    /// `AVAILABILITY_TTL` old (one refresh at a time). Only an event never
+    /// counted on this node waits, once, for its first count.
+    pub async fn availability_now(
+        self: &Arc<Self>,
+        id: &EventId,
+        now: Timestamp,
+    ) -> StoreResult<Option<Arc<Availability>>> {
+        // Nearly always fresh: a shared read, so joins do not queue here.
+        if let Some(c) = self.counted.read().get(id).filter(|c| c.at.elapsed() < AVAILABILITY_TTL || c.refreshing) {
+            return Ok(Some(c.counts.clone()));
+        }
+        let stale = {
+            let mut counted = self.counted.write();
+            match counted.get_mut(id) {
+                Some(c) if c.at.elapsed() < AVAILABILITY_TTL || c.refreshing => return Ok(Some(c.counts.clone())),
+                Some(c) => {
+                    c.refreshing = true;
+                    Some(c.counts.clone())
+                }
+                None => None,
+            }
+        };
+        let Some(stale) = stale else {
+            let fresh = self.availability(id, now).await?;
+            if let Some(counts) = &fresh {
+                self.counted.write().insert(
+                    id.clone(),
+                    Counted { counts: counts.clone(), at: tokio::time::Instant::now(), refreshing: false },
+                );
+            }
+            return Ok(fresh);
+        };
+        let (me, id) = (self.clone(), id.clone());
+        tokio::spawn(async move {
+            // From the store itself: this map is the cache for this path.
+            let fresh = me.store.availability(&id, now).await.map(|a| a.map(Arc::new));
+            let mut counted = me.counted.write();
+            match fresh {
+                Ok(Some(counts)) => {
+                    counted.insert(id, Counted { counts, at: tokio::time::Instant::now(), refreshing: false });
+                }
+                // Gone: forget it. Failed: keep the old counts, retry later.
+                Ok(None) => {
+                    counted.remove(&id);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, event.id = %id, "could not refresh availability counts");
+                    if let Some(c) = counted.get_mut(&id) {
+                        c.refreshing = false;
+                    }
+                }
+            }
+        });
+        Ok(Some(stale))
+    }
+
     /// An event's entry from this node's `local` cache, else from the copy
     /// shared in Redis under `shared_key`, else from `load` (the store),
-    /// which is then kept here and shared for `ttl`.
+    /// which is then kept here and shared for `ttl`. On a miss, callers for
+    /// the same `kind` and event take turns, so one of them loads.
     async fn tiered<V, Load, Fut>(
+        &self,
+        kind: &'static str,
+        local: &Cache<EventId, Arc<V>>,
+        id: &EventId,
+        shared_key: fn(&RedisBus, &EventId) -> String,
+        ttl: Duration,
+        load: Load,
+    ) -> StoreResult<Option<Arc<V>>>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        Load: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<Option<V>>>,
+    {
+        if let Some(v) = local.get(id) {
+            return Ok(Some(v));
+        }
+        let key = (kind, id.clone());
+        let gate = self.loads.lock().entry(key.clone()).or_default().clone();
+        let _turn = gate.lock().await;
+        let loaded = self.load_tiered(local, id, shared_key, ttl, load).await;
+        // Callers already waiting keep their handle; later ones find the
+        // entry cached, or start a fresh turn if the load failed.
+        self.loads.lock().remove(&key);
+        loaded
+    }
+
+    async fn load_tiered<V, Load, Fut>(
         &self,
         local: &Cache<EventId, Arc<V>>,
         id: &EventId,
@@ -160,6 +267,7 @@ impl CatalogCache {
         Load: FnOnce() -> Fut,
         Fut: std::future::Future<Output = StoreResult<Option<V>>>,
     {
+        // The caller before us in line may have loaded it.
         if let Some(v) = local.get(id) {
             return Ok(Some(v));
         }
@@ -447,5 +555,112 @@ mod tests {
         }
         assert_eq!(CatalogChange::decode("event:nope"), None);
         assert_eq!(CatalogChange::decode("garbage"), None);
+    }
+
+    /// Many callers miss the same entry at once (it just expired under
+    /// load): one loads it from the store, the rest wait and share it. The
+    /// load takes a second of tokio's paused clock, so every caller has
+    /// arrived before it ends.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_load_an_entry_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"), crate::store::sqlite::Synchronous::Auto)
+                .unwrap(),
+        );
+        let cache = Arc::new(CatalogCache::new(store, None));
+        let (id, loads) = (EventId::generate(), Arc::new(AtomicUsize::new(0)));
+        let barrier = Arc::new(tokio::sync::Barrier::new(32));
+        let callers: Vec<_> = (0..32)
+            .map(|_| {
+                let (cache, id, loads, barrier) = (cache.clone(), id.clone(), loads.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let load = || async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Ok(Some(Availability::from_categories(Default::default())))
+                    };
+                    let got = cache.tiered(
+                        "availability",
+                        &cache.availability,
+                        &id,
+                        RedisBus::availability_key,
+                        AVAILABILITY_TTL,
+                        load,
+                    );
+                    got.await.unwrap().is_some()
+                })
+            })
+            .collect();
+        for c in callers {
+            assert!(c.await.unwrap(), "every caller gets the entry");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one load for 32 callers");
+        assert!(cache.loads.lock().is_empty(), "no turn is left behind");
+    }
+
+    /// Joins read availability without waiting on the store: a second after
+    /// its count, the next caller gets the old counts at once while a fresh
+    /// count runs in the background, and callers after it see the new ones.
+    #[tokio::test(start_paused = true)]
+    async fn availability_now_answers_at_once_and_refreshes_behind() {
+        use crate::domain::customer::{Email, TokenHash};
+        use crate::domain::event::EventDraft;
+        use crate::domain::hold::Selection;
+        use crate::domain::ids::{CustomerId, HoldId, SeatId};
+        use crate::domain::time::{Clock, SystemClock};
+        use crate::domain::venue::VenueDraft;
+        use crate::store::{Customer, HoldPlacement, NewSession};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"), crate::store::sqlite::Synchronous::Auto)
+                .unwrap(),
+        );
+        let now = SystemClock.now();
+        let draft: VenueDraft = serde_json::from_value(crate::demo::venue_json()).unwrap();
+        let venue = Venue::from_draft(VenueId::generate(), draft).unwrap();
+        store.insert_venue(&venue, now).await.unwrap();
+        let draft: EventDraft = serde_json::from_value(crate::demo::event_json(venue.id.as_str(), now)).unwrap();
+        let event = Event::from_draft(EventId::generate(), draft, &venue, now).unwrap();
+        store.insert_event(&event, &venue).await.unwrap();
+        let cache = Arc::new(CatalogCache::new(store.clone(), None));
+
+        let first = cache.availability_now(&event.id, now).await.unwrap().unwrap();
+        let fan = Customer { id: CustomerId::generate(), email: Email::parse("fan@example.com").unwrap() };
+        let session = NewSession {
+            customer: fan.clone(),
+            token_hash: TokenHash::of("t"),
+            created_at: now,
+            expires_at: now.plus_secs(3600),
+        };
+        store.create_session(session).await.unwrap();
+        let seats = Selection::Seats(vec![SeatId::parse("A7").unwrap()]);
+        let p = HoldPlacement {
+            hold_id: HoldId::generate(),
+            event_id: event.id.clone(),
+            customer: fan,
+            selection: seats,
+            now,
+        };
+        store.place_hold(p).await.unwrap().unwrap();
+
+        assert_eq!(cache.availability_now(&event.id, now).await.unwrap().unwrap().all, first.all, "fresh enough");
+        tokio::time::advance(AVAILABILITY_TTL).await;
+        let stale = cache.availability_now(&event.id, now).await.unwrap().unwrap();
+        assert_eq!(stale.all, first.all, "the old counts, at once");
+        // The count runs on SQLite's reader threads: give it real time.
+        let mut fresh = stale;
+        for _ in 0..5000 {
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::task::yield_now().await;
+            fresh = cache.availability_now(&event.id, now).await.unwrap().unwrap();
+            if fresh.all != first.all {
+                break;
+            }
+        }
+        assert_eq!(fresh.all.held, first.all.held + 1, "the background count saw the new hold");
     }
 }

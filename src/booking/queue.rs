@@ -140,14 +140,11 @@ impl QueueService {
             return Err(QueueError::Closed);
         }
         // Sold out: every seat and place sold, none held that could come back.
-        // The counts come from the catalog cache, so a fan who joins within
-        // a second of the last sale may still get in line (and find nothing).
-        let sold_out = self
-            .0
-            .catalog
-            .availability(&event.id, now)
-            .await?
-            .is_some_and(|a| a.all.total > 0 && a.all.sold >= a.all.total);
+        // The counts are this node's last (refreshed in the background each
+        // second), so joins never wait on the store, and a fan who joins
+        // within a second or so of the last sale may still get in line.
+        let counts = self.0.catalog.availability_now(&event.id, now).await?;
+        let sold_out = counts.is_some_and(|a| a.all.total > 0 && a.all.sold >= a.all.total);
         if sold_out {
             return Err(QueueError::SoldOut);
         }
