@@ -247,45 +247,32 @@ impl CatalogCache {
         let key = (kind, id.clone());
         let gate = self.loads.lock().entry(key.clone()).or_default().clone();
         let _turn = gate.lock().await;
-        let loaded = self.load_tiered(local, id, shared_key, ttl, load).await;
+        let loaded = async {
+            // The caller before us in line may have loaded it.
+            if let Some(v) = local.get(id) {
+                return Ok(Some(v));
+            }
+            if let Some(bus) = &self.bus {
+                if let Ok(Some(v)) = bus.get_shared::<V>(&shared_key(bus, id)).await {
+                    let v = Arc::new(v);
+                    local.insert(id.clone(), v.clone());
+                    return Ok(Some(v));
+                }
+            }
+            let v = load().await?.map(Arc::new);
+            if let Some(v) = &v {
+                local.insert(id.clone(), v.clone());
+                if let Some(bus) = &self.bus {
+                    bus.put_shared(&shared_key(bus, id), v.as_ref(), ttl).await;
+                }
+            }
+            Ok(v)
+        }
+        .await;
         // Callers already waiting keep their handle; later ones find the
         // entry cached, or start a fresh turn if the load failed.
         self.loads.lock().remove(&key);
         loaded
-    }
-
-    async fn load_tiered<V, Load, Fut>(
-        &self,
-        local: &Cache<EventId, Arc<V>>,
-        id: &EventId,
-        shared_key: fn(&RedisBus, &EventId) -> String,
-        ttl: Duration,
-        load: Load,
-    ) -> StoreResult<Option<Arc<V>>>
-    where
-        V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-        Load: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = StoreResult<Option<V>>>,
-    {
-        // The caller before us in line may have loaded it.
-        if let Some(v) = local.get(id) {
-            return Ok(Some(v));
-        }
-        if let Some(bus) = &self.bus {
-            if let Ok(Some(v)) = bus.get_shared::<V>(&shared_key(bus, id)).await {
-                let v = Arc::new(v);
-                local.insert(id.clone(), v.clone());
-                return Ok(Some(v));
-            }
-        }
-        let v = load().await?.map(Arc::new);
-        if let Some(v) = &v {
-            local.insert(id.clone(), v.clone());
-            if let Some(bus) = &self.bus {
-                bus.put_shared(&shared_key(bus, id), v.as_ref(), ttl).await;
-            }
-        }
-        Ok(v)
     }
 
     /// Applies a change here, drops the shared copy, then tells every other
@@ -557,6 +544,11 @@ mod tests {
         assert_eq!(CatalogChange::decode("garbage"), None);
     }
 
+    fn sqlite_store(dir: &std::path::Path) -> DynStore {
+        use crate::store::sqlite::{SqliteStore, Synchronous};
+        Arc::new(SqliteStore::open(&dir.join("t.db"), Synchronous::Auto).unwrap())
+    }
+
     /// Many callers miss the same entry at once (it just expired under
     /// load): one loads it from the store, the rest wait and share it. The
     /// load takes a second of tokio's paused clock, so every caller has
@@ -565,10 +557,7 @@ mod tests {
     async fn concurrent_misses_load_an_entry_once() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"), crate::store::sqlite::Synchronous::Auto)
-                .unwrap(),
-        );
+        let store = sqlite_store(dir.path());
         let cache = Arc::new(CatalogCache::new(store, None));
         let (id, loads) = (EventId::generate(), Arc::new(AtomicUsize::new(0)));
         let barrier = Arc::new(tokio::sync::Barrier::new(32));
@@ -615,10 +604,7 @@ mod tests {
         use crate::store::{Customer, HoldPlacement, NewSession};
 
         let dir = tempfile::tempdir().unwrap();
-        let store: DynStore = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"), crate::store::sqlite::Synchronous::Auto)
-                .unwrap(),
-        );
+        let store = sqlite_store(dir.path());
         let now = SystemClock.now();
         let draft: VenueDraft = serde_json::from_value(crate::demo::venue_json()).unwrap();
         let venue = Venue::from_draft(VenueId::generate(), draft).unwrap();
