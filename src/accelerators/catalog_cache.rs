@@ -68,11 +68,17 @@ impl CatalogChange {
 /// Callers waiting their turn to load an entry, per (kind, event).
 type LoadTurns = parking_lot::Mutex<HashMap<(&'static str, EventId), Arc<tokio::sync::Mutex<()>>>>;
 
-/// Availability counts as last read, and whether a fresh read is under way.
+/// Availability counts as last read, and the fresh read under way, if any.
 struct Counted {
     counts: Arc<Availability>,
     at: tokio::time::Instant,
-    refreshing: bool,
+    refreshing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Counted {
+    fn new(counts: Arc<Availability>) -> Counted {
+        Counted { counts, at: tokio::time::Instant::now(), refreshing: None }
+    }
 }
 
 pub struct CatalogCache {
@@ -166,61 +172,58 @@ impl CatalogCache {
     }
 
     /// Availability for paths that must not wait on the store: the counts
-    /// this node last read, refreshed in the background once they are
-    /// `AVAILABILITY_TTL` old (one refresh at a time). Only an event never
-    /// counted on this node waits, once, for its first count.
+    /// this node last read, refreshed in the background (through
+    /// [`CatalogCache::availability`], so nodes still share one count a
+    /// second) once they are `AVAILABILITY_TTL` old, one refresh at a time.
+    /// Only an event never counted on this node waits, once, for its first
+    /// count.
     pub async fn availability_now(
         self: &Arc<Self>,
         id: &EventId,
         now: Timestamp,
     ) -> StoreResult<Option<Arc<Availability>>> {
+        let usable = |c: &Counted| c.at.elapsed() < AVAILABILITY_TTL || c.refreshing.is_some();
         // Nearly always fresh: a shared read, so joins do not queue here.
-        if let Some(c) = self.counted.read().get(id).filter(|c| c.at.elapsed() < AVAILABILITY_TTL || c.refreshing) {
+        if let Some(c) = self.counted.read().get(id).filter(|c| usable(c)) {
             return Ok(Some(c.counts.clone()));
         }
-        let stale = {
+        {
             let mut counted = self.counted.write();
-            match counted.get_mut(id) {
-                Some(c) if c.at.elapsed() < AVAILABILITY_TTL || c.refreshing => return Ok(Some(c.counts.clone())),
-                Some(c) => {
-                    c.refreshing = true;
-                    Some(c.counts.clone())
+            if let Some(c) = counted.get_mut(id) {
+                if !usable(c) {
+                    // Spawned under the lock: the refresh cannot finish (and
+                    // write) before its handle is recorded here.
+                    c.refreshing = Some(tokio::spawn(self.clone().recount(id.clone(), now)));
                 }
-                None => None,
+                return Ok(Some(c.counts.clone()));
             }
-        };
-        let Some(stale) = stale else {
-            let fresh = self.availability(id, now).await?;
-            if let Some(counts) = &fresh {
-                self.counted.write().insert(
-                    id.clone(),
-                    Counted { counts: counts.clone(), at: tokio::time::Instant::now(), refreshing: false },
-                );
+        }
+        let fresh = self.availability(id, now).await?;
+        if let Some(counts) = &fresh {
+            self.counted.write().insert(id.clone(), Counted::new(counts.clone()));
+        }
+        Ok(fresh)
+    }
+
+    /// The background half of [`CatalogCache::availability_now`].
+    async fn recount(self: Arc<Self>, id: EventId, now: Timestamp) {
+        let fresh = self.availability(&id, now).await;
+        let mut counted = self.counted.write();
+        match fresh {
+            Ok(Some(counts)) => {
+                counted.insert(id, Counted::new(counts));
             }
-            return Ok(fresh);
-        };
-        let (me, id) = (self.clone(), id.clone());
-        tokio::spawn(async move {
-            // From the store itself: this map is the cache for this path.
-            let fresh = me.store.availability(&id, now).await.map(|a| a.map(Arc::new));
-            let mut counted = me.counted.write();
-            match fresh {
-                Ok(Some(counts)) => {
-                    counted.insert(id, Counted { counts, at: tokio::time::Instant::now(), refreshing: false });
-                }
-                // Gone: forget it. Failed: keep the old counts, retry later.
-                Ok(None) => {
-                    counted.remove(&id);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, event.id = %id, "could not refresh availability counts");
-                    if let Some(c) = counted.get_mut(&id) {
-                        c.refreshing = false;
-                    }
+            // Gone: forget it. Failed: keep the old counts, retry later.
+            Ok(None) => {
+                counted.remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, event.id = %id, "could not refresh availability counts");
+                if let Some(c) = counted.get_mut(&id) {
+                    c.refreshing = None;
                 }
             }
-        });
-        Ok(Some(stale))
+        }
     }
 
     /// An event's entry from this node's `local` cache, else from the copy
@@ -635,18 +638,14 @@ mod tests {
 
         assert_eq!(cache.availability_now(&event.id, now).await.unwrap().unwrap().all, first.all, "fresh enough");
         tokio::time::advance(AVAILABILITY_TTL).await;
+        // moka times its entries by the real clock, which did not move: drop
+        // the copy its own expiry would have dropped by now.
+        cache.availability.invalidate(&event.id);
         let stale = cache.availability_now(&event.id, now).await.unwrap().unwrap();
         assert_eq!(stale.all, first.all, "the old counts, at once");
-        // The count runs on SQLite's reader threads: give it real time.
-        let mut fresh = stale;
-        for _ in 0..5000 {
-            std::thread::sleep(Duration::from_millis(1));
-            tokio::task::yield_now().await;
-            fresh = cache.availability_now(&event.id, now).await.unwrap().unwrap();
-            if fresh.all != first.all {
-                break;
-            }
-        }
+        let refresh = cache.counted.write().get_mut(&event.id).unwrap().refreshing.take();
+        refresh.expect("a background count is under way").await.unwrap();
+        let fresh = cache.availability_now(&event.id, now).await.unwrap().unwrap();
         assert_eq!(fresh.all.held, first.all.held + 1, "the background count saw the new hold");
     }
 }

@@ -164,14 +164,18 @@ impl FromRequestParts<AppState> for Admin {
 /// token. The scanner token opens check-in and nothing else.
 pub struct Scanner;
 
+/// Whether a bearer token is the admin or the scanner token (compared in
+/// constant time).
+pub(super) fn is_operator(state: &AppState, presented: TokenHash) -> bool {
+    let admin = bool::from(presented.0.ct_eq(&state.admin_token_hash.0));
+    admin || state.scanner_token_hash.is_some_and(|h| bool::from(presented.0.ct_eq(&h.0)))
+}
+
 impl FromRequestParts<AppState> for Scanner {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let presented = TokenHash::of(bearer(parts)?);
-        let admin = bool::from(presented.0.ct_eq(&state.admin_token_hash.0));
-        let scanner = state.scanner_token_hash.is_some_and(|h| bool::from(presented.0.ct_eq(&h.0)));
-        if admin || scanner {
+        if is_operator(state, TokenHash::of(bearer(parts)?)) {
             Ok(Scanner)
         } else {
             Err(ApiError::forbidden("this needs the scanner or admin token"))

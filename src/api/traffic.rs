@@ -223,13 +223,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     }
     if let Some(limit) = &traffic.per_customer {
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(super::extract::bearer_token);
-        if let Some(token) = token.filter(|t| t.len() <= 256) {
-            let hash = TokenHash::of(token);
+        if let Some(hash) = bearer_hash(&req) {
             let admin = bool::from(hash.0.ct_eq(&state.admin_token_hash.0));
             if !admin {
                 // The session lookup the auth extractor would make (it then
@@ -275,19 +269,8 @@ async fn vouched_for(state: &AppState, req: &mut Request) -> bool {
     if req.extensions().get::<super::extract::SignedIn>().is_some() {
         return true;
     }
-    let Some(token) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(super::extract::bearer_token)
-        .filter(|t| t.len() <= 256)
-    else {
-        return false;
-    };
-    let hash = req.extensions().get::<TokenHash>().copied().unwrap_or_else(|| TokenHash::of(token));
-    let operator = bool::from(hash.0.ct_eq(&state.admin_token_hash.0))
-        || state.scanner_token_hash.is_some_and(|h| bool::from(hash.0.ct_eq(&h.0)));
-    if operator {
+    let Some(hash) = bearer_hash(req) else { return false };
+    if super::extract::is_operator(state, hash) {
         return true;
     }
     match super::extract::session_customer(state, hash).await {
@@ -297,6 +280,16 @@ async fn vouched_for(state: &AppState, req: &mut Request) -> bool {
         }
         _ => false,
     }
+}
+
+/// The hash of the request's bearer token: the one the guard already made,
+/// or a fresh one; `None` without a usable token (none, or over 256 bytes).
+fn bearer_hash(req: &Request) -> Option<TokenHash> {
+    if let Some(hash) = req.extensions().get::<TokenHash>() {
+        return Some(*hash);
+    }
+    let token = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    super::extract::bearer_token(token).filter(|t| t.len() <= 256).map(TokenHash::of)
 }
 
 /// Keeps the rate limiters' memory bounded.

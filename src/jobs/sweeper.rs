@@ -8,6 +8,7 @@
 //! taken back for the next fan. It also deletes idempotency keys older than
 //! [`KEY_RETENTION`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -37,11 +38,11 @@ pub async fn run_once(booking: &BookingService, queue: &QueueService) -> anyhow:
     loop {
         let expired = booking.store().expire_holds(now, BATCH).await?;
         booking.forget_expired(&expired).await;
-        let mut abandoned: Vec<_> = expired.iter().map(|h| (&h.buyer, &h.event_id)).collect();
-        abandoned.sort_by(|a, b| (a.0.id.as_str(), a.1.as_str()).cmp(&(b.0.id.as_str(), b.1.as_str())));
-        abandoned.dedup_by(|a, b| a.0.id == b.0.id && a.1 == b.1);
-        for (buyer, event) in abandoned {
-            queue.done_shopping(buyer, event).await;
+        // Once per fan and event, however many of their holds ended.
+        let abandoned: BTreeMap<_, _> =
+            expired.iter().map(|h| ((h.buyer.id.as_str(), h.event_id.as_str()), h)).collect();
+        for h in abandoned.into_values() {
+            queue.done_shopping(&h.buyer, &h.event_id).await;
         }
         report.expired += expired.len();
         metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
