@@ -85,9 +85,31 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Process-wide SQLite settings, made once before the first connection:
+/// no memory-usage statistics. With them on, every allocation SQLite makes
+/// takes a global mutex to update its counters, and the writer allocates
+/// on every statement; nothing here reads those counters or sets a heap
+/// limit. If SQLite was already initialised (another library opened a
+/// connection first), the call is refused and the default stays: slower,
+/// never wrong.
+fn configure_library() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int argument; sqlite3_config
+        // is documented to be callable before sqlite3_initialize (as here,
+        // ahead of this process's first connection) and returns SQLITE_MISUSE,
+        // changing nothing, once SQLite is initialised.
+        let rc = unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(rc, "SQLite was already initialised; memory statistics stay on");
+        }
+    });
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, sync: Synchronous) -> anyhow::Result<SqliteStore> {
+        configure_library();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
         }
@@ -445,7 +467,10 @@ fn release_inventory(
 /// Takes exactly `seats` for the hold, or nothing. Returns the category
 /// of each seat taken, or the rejection. One primary-key UPDATE per seat:
 /// cheaper than one statement over a JSON list, and the writer's savepoint
-/// makes the set all-or-nothing.
+/// makes the set all-or-nothing. The UPDATE has no `RETURNING`: SQLite
+/// collects returned rows in a throwaway B-tree that it opens and closes on
+/// every run, which cost more than reading the category back from the
+/// page the UPDATE has just written.
 fn take_seats(
     conn: &Connection,
     event_id: &str,
@@ -457,20 +482,21 @@ fn take_seats(
     let mut take = conn.prepare_cached(
         "UPDATE seats SET status = 'held', hold_id = ?1, hold_expires_at = ?2, version = version + 1 \
          WHERE event_id = ?3 AND seat_id = ?4 \
-           AND (status = 'available' OR (status = 'held' AND hold_expires_at <= ?5)) \
-         RETURNING category",
+           AND (status = 'available' OR (status = 'held' AND hold_expires_at <= ?5))",
     )?;
-    let mut categories = Vec::with_capacity(seats.len());
     let mut missed = Vec::new();
     for seat in seats {
         let params = params![hold_id, expires_at.as_millis(), event_id, seat.as_str(), now.as_millis()];
-        match take.query_row(params, |r| r.get::<_, String>(0)).optional()? {
-            Some(c) => categories.push(Category::from_trusted(c)),
-            None => missed.push(seat.as_str()),
+        if take.execute(params)? == 0 {
+            missed.push(seat.as_str());
         }
     }
     if missed.is_empty() {
-        return Ok(Ok(categories));
+        let mut category = conn.prepare_cached("SELECT category FROM seats WHERE event_id = ?1 AND seat_id = ?2")?;
+        return Ok(Ok(seats
+            .iter()
+            .map(|seat| category.query_row(params![event_id, seat.as_str()], |r| r.get(0)).map(Category::from_trusted))
+            .collect::<rusqlite::Result<_>>()?));
     }
     // Someone has some of them, or they do not exist. The caller rolls the
     // partial update back; work out which answer to give.
