@@ -33,6 +33,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::accelerators::redis_conn::RedisConn;
 use crate::domain::customer::TokenHash;
+use crate::store::Customer;
 
 /// Limits; a rate of 0 turns that limit off. In-flight limits are per
 /// node; rate limits are per node embedded and cluster-wide on Redis.
@@ -213,38 +214,12 @@ fn rate_limited<K: std::hash::Hash + Eq + Clone>(wait: Duration, limit: &Limit<K
         .into_response()
 }
 
-/// The middleware: rate limits, then an in-flight permit held until the
-/// response is ready.
+/// The middleware: an in-flight permit held until the response is ready,
+/// then the rate limits. Shedding comes first, so an overloaded node
+/// refuses at once, before any rate-limit work (a Redis round trip when
+/// scaled out), and a shed request spends none of the client's budget.
 pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let traffic = &state.traffic;
-    if let (Some(limit), Some(ip)) = (&traffic.per_ip, traffic.client_ip(&req)) {
-        if let Err(wait) = limit.check(&ip).await {
-            return rate_limited(wait, limit);
-        }
-    }
-    if let Some(limit) = &traffic.per_customer {
-        if let Some(hash) = bearer_hash(&req) {
-            let admin = bool::from(hash.0.ct_eq(&state.admin_token_hash.0));
-            if !admin {
-                // The session lookup the auth extractor would make (it then
-                // finds it cached).
-                let key = match super::extract::session_customer(&state, hash).await {
-                    Ok(Some(customer)) => {
-                        let key = CustomerKey::of(customer.email.as_str().as_bytes());
-                        // Resolved once: the auth extractor takes it from here.
-                        req.extensions_mut().insert(super::extract::SignedIn(customer));
-                        key
-                    }
-                    _ => CustomerKey::of(&hash.0),
-                };
-                if let Err(wait) = limit.check(&key).await {
-                    return rate_limited(wait, limit);
-                }
-            }
-            // Hashed once: the auth extractor reuses it.
-            req.extensions_mut().insert(hash);
-        }
-    }
     let permit = match traffic.general.try_acquire() {
         Ok(p) => Some(p),
         Err(_) if is_payment(req.method(), req.uri().path()) && vouched_for(&state, &mut req).await => {
@@ -256,30 +231,51 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         metrics::counter!("boxoffice_shed_total").increment(1);
         return ApiError::unavailable("overloaded", "the service is at capacity; retry shortly").into_response();
     };
+    if let (Some(limit), Some(ip)) = (&traffic.per_ip, traffic.client_ip(&req)) {
+        if let Err(wait) = limit.check(&ip).await {
+            return rate_limited(wait, limit);
+        }
+    }
+    if let Some(limit) = &traffic.per_customer {
+        if let Some(hash) = bearer_hash(&req) {
+            let admin = bool::from(hash.0.ct_eq(&state.admin_token_hash.0));
+            if !admin {
+                let key = match signed_in(&state, &mut req, hash).await {
+                    Some(customer) => CustomerKey::of(customer.email.as_str().as_bytes()),
+                    None => CustomerKey::of(&hash.0),
+                };
+                if let Err(wait) = limit.check(&key).await {
+                    return rate_limited(wait, limit);
+                }
+            }
+            // Hashed once: the auth extractor reuses it.
+            req.extensions_mut().insert(hash);
+        }
+    }
     next.run(req).await
+}
+
+/// The customer whose live session the request's token (hashing to `hash`)
+/// names: as already resolved for this request, else through the session
+/// cache and the store, and then handed on to the auth extractor so it is
+/// resolved once per request.
+async fn signed_in(state: &AppState, req: &mut Request, hash: TokenHash) -> Option<Customer> {
+    if let Some(super::extract::SignedIn(c)) = req.extensions().get::<super::extract::SignedIn>() {
+        return Some(c.clone());
+    }
+    let customer = super::extract::session_customer(state, hash).await.ok().flatten()?;
+    req.extensions_mut().insert(super::extract::SignedIn(customer.clone()));
+    Some(customer)
 }
 
 /// Whether the request's bearer token is one the reserve is kept for: a
 /// live customer session, or the admin or scanner token. Asked only when
 /// the general capacity is gone, so a flood of made-up tokens cannot take
-/// the reserve from paying fans. A session already resolved by the rate
-/// limit is reused; otherwise this resolves it (the session cache, then
-/// the store) and hands it on to the auth extractor.
+/// the reserve from paying fans. The session it resolves is handed on to
+/// the rate limit and the auth extractor.
 async fn vouched_for(state: &AppState, req: &mut Request) -> bool {
-    if req.extensions().get::<super::extract::SignedIn>().is_some() {
-        return true;
-    }
     let Some(hash) = bearer_hash(req) else { return false };
-    if super::extract::is_operator(state, hash) {
-        return true;
-    }
-    match super::extract::session_customer(state, hash).await {
-        Ok(Some(customer)) => {
-            req.extensions_mut().insert(super::extract::SignedIn(customer));
-            true
-        }
-        _ => false,
-    }
+    super::extract::is_operator(state, hash) || signed_in(state, req, hash).await.is_some()
 }
 
 /// The hash of the request's bearer token: the one the guard already made,

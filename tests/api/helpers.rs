@@ -123,19 +123,22 @@ pub async fn spawn_app_on(backend: Backend) -> TestApp {
 
 /// A SQLite app with `tune` applied to its configuration.
 pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Config)) -> TestApp {
-    let setup = Setup { backend: Backend::Sqlite, redis_url: None };
-    let mut config = node_config(&setup, None, None);
-    tune(&mut config);
-    spawn_node(&config, FakeClock::starting_now()).await
+    spawn_app_with_tuned(Setup { backend: Backend::Sqlite, redis_url: None }, tune).await
 }
 
 pub async fn spawn_app_with(setup: Setup) -> TestApp {
+    spawn_app_with_tuned(setup, |_| {}).await
+}
+
+/// An app on `setup` with `tune` applied to its configuration.
+pub async fn spawn_app_with_tuned(setup: Setup, tune: impl FnOnce(&mut Config)) -> TestApp {
     let redis_keys = setup.redis_url.as_ref().map(|_| RedisPrefix::new());
     let database = match setup.backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(TestDatabase::create().await),
     };
-    let config = node_config(&setup, database.as_ref(), redis_keys.as_ref());
+    let mut config = node_config(&setup, database.as_ref(), redis_keys.as_ref());
+    tune(&mut config);
     let mut app = spawn_node(&config, FakeClock::starting_now()).await;
     app._database = database;
     app._redis_keys = redis_keys;

@@ -9,7 +9,7 @@ use boxoffice::payments::sim::FaultsPatch;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{spawn_app_tuned, spawn_cluster_tuned, ADMIN_TOKEN};
+use crate::helpers::{spawn_app_tuned, spawn_app_with_tuned, spawn_cluster_tuned, Backend, Setup, ADMIN_TOKEN};
 use crate::redis_support::redis_url;
 
 #[tokio::test]
@@ -63,10 +63,27 @@ async fn client_addresses_come_from_x_forwarded_for_only_when_trusted() {
 
 #[tokio::test]
 async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
+    overload_sheds_browsing_while_checkout_works(None).await;
+}
+
+/// The same with the rate limits (and locks and rooms) in Redis.
+#[tokio::test]
+async fn overload_sheds_browsing_at_once_while_checkout_keeps_working_on_redis() {
+    overload_sheds_browsing_while_checkout_works(Some(redis_url())).await;
+}
+
+/// Two slow payments fill the general capacity; browsing and made-up tokens
+/// are shed, a fan's requests are shed before their rate limit is asked
+/// (so shedding spends none of the fan's budget), and a third payment gets
+/// through on the reserve while a crowd is shed.
+async fn overload_sheds_browsing_while_checkout_works(redis_url: Option<String>) {
+    let setup = Setup { backend: Backend::Sqlite, redis_url };
     let app = Arc::new(
-        spawn_app_tuned(|c| {
+        spawn_app_with_tuned(setup, |c| {
             c.max_in_flight = 3;
             c.reserved_in_flight = 1;
+            c.rate_limit_customer_per_second = 1;
+            c.rate_limit_customer_burst = 2;
         })
         .await,
     );
@@ -78,6 +95,7 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
         let h = app.hold(&fan, &event, json!({"seats": [format!("A{}", i + 1)]})).await;
         holds.push((fan, h.id()));
     }
+    let eager = app.customer("eager@example.com").await;
     // Two slow payments fill the general capacity.
     app.gateway().set_faults(FaultsPatch { latency_ms: Some(3_000), ..Default::default() }).unwrap();
     let slow: Vec<_> = holds[..2]
@@ -104,6 +122,11 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
     // route is shed like browsing, not let through to fail auth.
     let made_up = app.checkout("made-up-token", &holds[2].1, "junk", "pm_card_visa").await;
     made_up.assert_problem(503, "overloaded");
+    // Shed before the rate limit is asked: five requests past a burst of
+    // two are all 503, none 429, and the fan's budget is untouched.
+    for _ in 0..5 {
+        app.get("/v1/customers/me/holds", Some(&eager)).await.assert_problem(503, "overloaded");
+    }
     // A crowd far past the limit, released at once, with a third payment
     // among them: the crowd is shed, the payment gets through on the
     // reserve.
@@ -136,6 +159,10 @@ async fn overload_sheds_browsing_at_once_while_checkout_keeps_working() {
         assert_eq!(t.await.unwrap().body["status"], "confirmed");
     }
     assert_eq!(app.get(&format!("/v1/events/{event}"), None).await.status, StatusCode::OK, "capacity is back");
+    for _ in 0..2 {
+        let r = app.get("/v1/customers/me/holds", Some(&eager)).await;
+        assert_eq!(r.status, StatusCode::OK, "shedding spent none of the budget: {}", r.body);
+    }
     let shed = app.counter("boxoffice_shed_total").await;
     assert!(shed >= shed_before + crowd as f64 + 1.0, "every shed request is counted: {shed_before} -> {shed}");
 }
