@@ -190,6 +190,7 @@ async fn waiting_fans_see_their_place_and_an_honest_wait(rooms: &dyn WaitingRoom
     }
     let (ahead, wait) = last.expect("someone is last");
     assert_eq!(ahead, 70);
+    let wait = wait.expect("fans are being let in: the wait is known");
     assert!((wait.as_secs_f64() - 70.0).abs() < 2.0, "{wait:?}");
 }
 
@@ -227,10 +228,46 @@ async fn the_wait_follows_the_measured_rate_when_shoppers_leave_slowly(rooms: &d
     match status(rooms, &r, f, s, at(200)).await {
         Status::Waiting { ahead, estimated_wait, .. } => {
             assert_eq!(ahead, 60);
-            let per_fan = estimated_wait.as_secs_f64() / f64::from(ahead);
+            let per_fan = estimated_wait.expect("shoppers leave: a known wait").as_secs_f64() / f64::from(ahead);
             assert!((2.0..3.0).contains(&per_fan), "about 2.5 s a fan, not the configured 1 s: {per_fan}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// The room is full (ten shoppers, all claimed) and nobody leaves: once
+/// the measuring window holds no admission at all, a waiting fan's wait is
+/// unknown (`None`), not the configured rate's 1 s a fan that the room is
+/// not keeping. While the window still holds the first admissions, the
+/// estimate follows them.
+async fn the_wait_is_unknown_while_nobody_is_let_in(rooms: &dyn WaitingRooms) {
+    let r = room(60, 10);
+    let fs = fans(20);
+    let slots = join_all(rooms, &r, &fs, at(0)).await;
+    let mut by_position = vec![(0, 0); 21];
+    for (f, s) in fs.iter().zip(&slots) {
+        by_position[position(&status(rooms, &r, *f, *s, at(100)).await) as usize] = (*f, *s);
+    }
+    for t in 101..=115 {
+        rooms.tick(&r, at(t)).await.unwrap();
+    }
+    for &(f, s) in &by_position[1..=10] {
+        assert!(matches!(status(rooms, &r, f, s, at(115)).await, Status::Admitted { .. }), "claimed in time");
+    }
+    let (last, last_slot) = by_position[20];
+    match status(rooms, &r, last, last_slot, at(130)).await {
+        Status::Waiting { ahead: 10, estimated_wait: Some(_), .. } => {}
+        other => panic!("the first admissions are still measured: {other:?}"),
+    }
+    // Shopping lasts 600 s after the 60 s claim window: nobody leaves
+    // before 760, and the five-minute window ends empty well before that.
+    for t in (120..=500).step_by(10) {
+        rooms.tick(&r, at(t)).await.unwrap();
+    }
+    assert_eq!(serving(rooms, &r, at(500)).await, (10, 10), "full, and nobody has left");
+    match status(rooms, &r, last, last_slot, at(500)).await {
+        Status::Waiting { ahead: 10, estimated_wait: None, .. } => {}
+        other => panic!("no admissions in the window: the wait is unknown, {other:?}"),
     }
 }
 
@@ -253,6 +290,7 @@ async fn conformance(rooms: &dyn WaitingRooms) {
     waiting_fans_see_their_place_and_an_honest_wait(rooms).await;
     the_wait_follows_the_measured_rate_when_shoppers_leave_slowly(rooms).await;
     a_quiet_stretch_does_not_let_a_later_crowd_in_faster(rooms).await;
+    the_wait_is_unknown_while_nobody_is_let_in(rooms).await;
 }
 
 #[tokio::test]

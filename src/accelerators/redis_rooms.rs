@@ -319,7 +319,7 @@ fn waiting(
 ) -> Status {
     let configured = room.settings.rate_per_minute;
     let ahead = position.saturating_sub(serving);
-    let estimated_wait = estimated_wait(ahead, measured_rate(first, last, configured), configured);
+    let estimated_wait = estimated_wait(ahead, measured_rate(first, last, configured));
     Status::Waiting { position, ahead, estimated_wait }
 }
 

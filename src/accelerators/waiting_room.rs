@@ -161,14 +161,16 @@ pub fn measured_rate(first: Option<(Timestamp, u32)>, last: Option<(Timestamp, u
     }
 }
 
-/// `ahead` fans at the measured rate; at the configured rate while the
-/// room is full and nobody is leaving (the measurement says 0 then).
-pub fn estimated_wait(ahead: u32, measured: f64, configured: u32) -> Duration {
-    let rate = if measured > 0.0 { measured } else { f64::from(configured) };
-    if rate <= 0.0 {
-        return Duration::from_secs(u64::from(u32::MAX));
+/// `ahead` fans at the measured rate (see [`measured_rate`]), or `None`,
+/// unknown, while the measurement says nobody is being let in: the room is
+/// full and no shopper has left for the whole measuring window (or the
+/// rate is 0). The configured rate would promise a wait the room is not
+/// keeping; the fan is told it is unknown instead.
+pub fn estimated_wait(ahead: u32, measured: f64) -> Option<Duration> {
+    if ahead == 0 {
+        return Some(Duration::ZERO);
     }
-    Duration::from_secs_f64(f64::from(ahead) * 60.0 / rate)
+    (measured > 0.0).then(|| Duration::from_secs_f64(f64::from(ahead) * 60.0 / measured))
 }
 
 /// How admission is paced for one event.
@@ -201,8 +203,9 @@ pub enum Status {
     /// Joined before the on-sale; the draw places them at `on_sale_at`.
     PreQueue { on_sale_at: Timestamp },
     /// `ahead` fans are before them; at the measured rate, about
-    /// `estimated_wait` until their turn.
-    Waiting { position: u32, ahead: u32, estimated_wait: Duration },
+    /// `estimated_wait` until their turn (`None`: unknown, nobody is being
+    /// let in).
+    Waiting { position: u32, ahead: u32, estimated_wait: Option<Duration> },
     /// Their turn: they may shop until `until` with an admission token.
     Admitted { position: u32, until: Timestamp },
     /// The turn was not claimed in time, ran out, or was finished.
@@ -443,8 +446,8 @@ impl Room {
         measured_rate(self.samples.front().copied(), self.samples.back().copied(), self.settings.rate_per_minute)
     }
 
-    fn estimated_wait(&self, ahead: u32) -> Duration {
-        estimated_wait(ahead, self.measured_rate_per_minute(), self.settings.rate_per_minute)
+    fn estimated_wait(&self, ahead: u32) -> Option<Duration> {
+        estimated_wait(ahead, self.measured_rate_per_minute())
     }
 }
 

@@ -22,7 +22,8 @@ use crate::store::Customer;
 #[derive(Serialize, ToSchema)]
 pub struct EntryView {
     pub entry_id: String,
-    /// `prequeue`, `waiting`, `admitted` or `expired`.
+    /// `prequeue`, `waiting`, `admitted`, `expired`, or `sold_out` (every
+    /// ticket sold while the fan waited).
     pub status: String,
     /// 1-based; null in the pre-queue, before the draw at the on-sale.
     pub position: Option<u32>,
@@ -180,7 +181,7 @@ pub async fn stream(
         loop {
             let Ok(now) = current else { return };
             if last.as_ref() != Some(&now) {
-                let done = matches!(now.status, "admitted" | "expired");
+                let done = matches!(now.status, "admitted" | "expired" | "sold_out");
                 let Ok(msg) = SseEvent::default().event("entry").json_data(EntryView::from(now.clone())) else {
                     return;
                 };

@@ -19,7 +19,7 @@ use crate::domain::draw::DrawKey;
 use crate::domain::event::Event;
 use crate::domain::ids::{CustomerId, EventId};
 use crate::domain::time::{Clock, Timestamp};
-use crate::store::{Customer, DynStore, StoreError};
+use crate::store::{Availability, Customer, DynStore, StoreError};
 
 /// How long a fan may wait to claim a turn, and how long a claimed turn
 /// lasts after that.
@@ -139,13 +139,9 @@ impl QueueService {
         if now >= event.starts_at || event.cancelled {
             return Err(QueueError::Closed);
         }
-        // Sold out: every seat and place sold, none held that could come back.
-        // The counts are this node's last (refreshed in the background each
-        // second), so joins never wait on the store, and a fan who joins
-        // within a second or so of the last sale may still get in line.
-        let counts = self.0.catalog.availability_now(&event.id, now).await?;
-        let sold_out = counts.is_some_and(|a| a.all.total > 0 && a.all.sold >= a.all.total);
-        if sold_out {
+        // Nothing sells before the on-sale, so the pre-queue (where most
+        // fans of a big on-sale join) needs no count.
+        if now >= event.on_sale_at && self.sold_out(&event.id, now).await? {
             return Err(QueueError::SoldOut);
         }
         let fan = fan_key(customer.email.as_str());
@@ -153,8 +149,21 @@ impl QueueService {
         Ok((self.entry(&room, &customer.id, slot, status, now), new))
     }
 
+    /// Whether every seat and place of the event is sold and none is held
+    /// (a held one may come back). The counts are this node's last
+    /// (refreshed in the background each second), so neither a join nor a
+    /// waiting fan's poll waits on the store; a fan who joins within a
+    /// second or so of the last sale may still get in line.
+    async fn sold_out(&self, event: &EventId, now: Timestamp) -> Result<bool, QueueError> {
+        let counts = self.0.catalog.availability_now(event, now).await?;
+        Ok(counts.is_some_and(|a| is_sold_out(&a)))
+    }
+
     /// The fan's own entry; anyone else's reads as absent. Asking while
-    /// admitted claims the turn and returns the admission token.
+    /// admitted claims the turn and returns the admission token. Once the
+    /// event is sold out, a fan still waiting, or whose turn has just come,
+    /// is told so (`sold_out`, with the place they had and no token) rather
+    /// than waiting for, or shopping in, a turn that would find nothing.
     pub async fn status(&self, customer: &Customer, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
         let event = self.event(event).await?;
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
@@ -162,7 +171,17 @@ impl QueueService {
         let now = self.0.clock.now();
         let fan = fan_key(customer.email.as_str());
         let status = self.0.rooms.status(&room, fan, slot, now).await.map_err(QueueError::Unavailable)?;
-        Ok(self.entry(&room, &customer.id, slot, status.ok_or(QueueError::EntryNotFound)?, now))
+        let mut entry = self.entry(&room, &customer.id, slot, status.ok_or(QueueError::EntryNotFound)?, now);
+        if matches!(entry.status, "waiting" | "prequeue" | "admitted") && self.sold_out(&event.id, now).await? {
+            entry = Entry {
+                status: "sold_out",
+                estimated_wait_seconds: None,
+                admission_token: None,
+                admitted_until: None,
+                ..entry
+            };
+        }
+        Ok(entry)
     }
 
     /// The entry as the fan sees it; an admitted one carries its token.
@@ -182,7 +201,7 @@ impl QueueService {
                 ..base
             },
             Status::Waiting { position, estimated_wait, .. } => {
-                Entry { position: Some(position), estimated_wait_seconds: Some(estimated_wait.as_secs()), ..base }
+                Entry { position: Some(position), estimated_wait_seconds: estimated_wait.map(|d| d.as_secs()), ..base }
             }
             Status::Admitted { position, until } => {
                 let claims = AdmissionClaims {
@@ -256,7 +275,20 @@ impl QueueService {
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
         let now = self.0.clock.now();
         let (counts, measured) = self.0.rooms.overview(&room, now).await.map_err(QueueError::Unavailable)?;
+        // Organizers want live figures, and ask rarely: a fresh count, which
+        // also refreshes what this node's joins and polls see.
+        let tickets = self.0.catalog.availability_fresh(&event.id, now).await?;
+        let phase = if event.cancelled || now >= event.starts_at {
+            "closed"
+        } else if tickets.is_some_and(|a| is_sold_out(&a)) {
+            "sold_out"
+        } else if now < event.on_sale_at {
+            "prequeue"
+        } else {
+            "live"
+        };
         Ok(Overview {
+            phase,
             joined: counts.joined,
             drawn: counts.drawn,
             waiting: counts.waiting,
@@ -271,9 +303,18 @@ impl QueueService {
     }
 }
 
+/// Every seat and place sold, none held (a held one may come back).
+fn is_sold_out(a: &Availability) -> bool {
+    a.all.total > 0 && a.all.sold >= a.all.total
+}
+
 /// What organizers see of a room (`GET /v1/events/{id}/queue`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Overview {
+    /// `prequeue` (before the on-sale), `live`, `sold_out` (every seat and
+    /// place sold, none held, from a count made for this answer), or
+    /// `closed` (the event has started or was cancelled).
+    pub phase: &'static str,
     pub joined: u32,
     /// How many fans joined before the on-sale and were placed by the draw
     /// (join slots `0..drawn`; an entry `qe_N` has slot N); null before it.

@@ -38,6 +38,7 @@ on_both_backends!(
     a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired,
     a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate,
     a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept,
+    a_fan_still_waiting_when_the_event_sells_out_is_told_so,
     a_sold_out_event_takes_no_more_fans,
 );
 
@@ -115,6 +116,7 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     let commitment = overview.body["draw_commitment"].as_str().unwrap().to_owned();
     assert_eq!(overview.body["draw_key"], Value::Null, "the key stays secret until the draw");
     assert_eq!(overview.body["drawn"], Value::Null, "nobody is drawn before the on-sale");
+    assert_eq!(overview.body["phase"], "prequeue");
     app.clock.advance(Duration::from_secs(102)); // two seconds into the sale: two fans in
     let mut admitted = Vec::new();
     let mut positions = Vec::new();
@@ -138,6 +140,7 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     }
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     let key_hex = overview.body["draw_key"].as_str().unwrap();
+    assert_eq!(overview.body["phase"], "live");
     assert!(verify_commitment(key_hex, &commitment), "the published key is the one committed to");
     // An auditor recomputes every drawn fan's place from what is published.
     let (key, drawn) = (DrawKey::from_hex(key_hex).unwrap(), overview.body["drawn"].as_u64().unwrap());
@@ -279,6 +282,85 @@ async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app
     let e = entry(&app, &next, &event, &next_entry).await;
     assert_eq!(e["status"], "admitted", "the next fan is in: {e}");
     hold_with(&app, &fan, &event, "A2", Some(&admission)).await.assert_problem(403, "not_admitted");
+}
+
+/// A two-seat hall with a room for one shopper at a time: the first fan
+/// drawn buys both seats, and the fan behind them, whose turn that payment
+/// frees, is told the event sold out (with no token and no estimate)
+/// instead of shopping in a turn that would find nothing; the stream ends
+/// with that too.
+async fn a_fan_still_waiting_when_the_event_sells_out_is_told_so(app: TestApp) {
+    let now = app.clock.now();
+    let venue = app.create_venue(boxoffice::demo::sized_venue_json("Tiny Hall", "Smalltown", 1, 2, 0)).await;
+    let event = app
+        .create_event(
+            &venue,
+            json!({
+                "prices": {"premium": 2500},
+                "on_sale_at": now.plus_secs(100).to_rfc3339(),
+                "waiting_room": {
+                    "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": 1,
+                    "prequeue_opens_at": now.to_rfc3339(),
+                }
+            }),
+        )
+        .await;
+    let mut fans = Vec::new();
+    for i in 0..2 {
+        let token = app.customer(&format!("fan{i}@example.com")).await;
+        let e = join(&app, &token, &event).await;
+        assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    app.clock.advance(Duration::from_secs(102));
+    // Who was drawn first, from the published draw (asking the fans would
+    // not tell: both are asked below, the buyer first).
+    let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
+    let key = DrawKey::from_hex(overview.body["draw_key"].as_str().unwrap()).unwrap();
+    let first = fans
+        .iter()
+        .position(|(_, entry_id)| permute(&key, 2, entry_id.strip_prefix("qe_").unwrap().parse().unwrap()) == 0)
+        .expect("someone is first");
+    let ((buyer, buyer_entry), (waiter, waiter_entry)) = (&fans[first], &fans[1 - first]);
+    let turn = entry(&app, buyer, &event, buyer_entry).await;
+    let admission = turn["admission_token"].as_str().expect("the first fan's turn").to_owned();
+    let held = app
+        .client
+        .post(app.url(&format!("/v1/events/{event}/holds")))
+        .bearer_auth(buyer)
+        .header("Admission-Token", &admission)
+        .json(&json!({"seats": ["A1", "A2"]}));
+    let held = crate::helpers::reply(held.send().await.unwrap()).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+    let paid = app
+        .client
+        .post(app.url(&format!("/v1/holds/{}/checkout", held.id())))
+        .bearer_auth(buyer)
+        .header("Idempotency-Key", "pay-all")
+        .header("Admission-Token", &admission)
+        .json(&json!({"payment_method": "pm_card_visa"}));
+    let paid = crate::helpers::reply(paid.send().await.unwrap()).await;
+    assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
+    // The organizer's overview counts afresh (a node's own counts are
+    // refreshed in the background each second; this one also refreshes
+    // them, so the test need not wait for that).
+    let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(overview.body["phase"], "sold_out", "{}", overview.body);
+
+    let told = entry(&app, waiter, &event, waiter_entry).await;
+    assert_eq!(told["status"], "sold_out", "{told}");
+    assert_eq!(told["position"], 2, "the place they had: {told}");
+    assert_eq!(told["estimated_wait_seconds"], Value::Null);
+    assert_eq!(told["admission_token"], Value::Null);
+    let stream = app
+        .client
+        .get(app.url(&format!("/v1/events/{event}/queue/{waiter_entry}/stream")))
+        .bearer_auth(waiter)
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(10), stream.text()).await.expect("the stream ends");
+    assert!(body.unwrap().contains("\"status\":\"sold_out\""), "the stream says so and ends");
 }
 
 /// A two-seat hall sells both seats, then its organizer turns a room on: a
