@@ -32,6 +32,13 @@ pub const EVENT_TTL: Duration = Duration::from_secs(10);
 pub const VENUE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const SEARCH_TTL: Duration = Duration::from_secs(10);
 pub const AVAILABILITY_TTL: Duration = Duration::from_secs(1);
+/// How old this node's last counts may get before
+/// [`CatalogCache::availability_now`] recounts them in the background. A
+/// count of a 100,000-seat event costs the embedded node about 50 ms of CPU,
+/// so once a second it was about 2.5% of the machine during a queue-join
+/// run; every 3 s it is a third of that, and a fan who joins just after the
+/// last sale learns it at their next poll, a few seconds later.
+pub const COUNTS_REFRESH: Duration = Duration::from_secs(3);
 /// The longest a shared-tier (Redis) read or write may take; past it the
 /// node just reads the store.
 const SHARED_TIMEOUT: Duration = Duration::from_millis(100);
@@ -174,7 +181,7 @@ impl CatalogCache {
     /// Availability for paths that must not wait on the store: the counts
     /// this node last read, refreshed in the background (through
     /// [`CatalogCache::availability`], so nodes still share one count a
-    /// second) once they are `AVAILABILITY_TTL` old, one refresh at a time.
+    /// second) once they are [`COUNTS_REFRESH`] old, one refresh at a time.
     /// Only an event never counted on this node waits, once, for its first
     /// count.
     pub async fn availability_now(
@@ -182,7 +189,7 @@ impl CatalogCache {
         id: &EventId,
         now: Timestamp,
     ) -> StoreResult<Option<Arc<Availability>>> {
-        let usable = |c: &Counted| c.at.elapsed() < AVAILABILITY_TTL || c.refreshing.is_some();
+        let usable = |c: &Counted| c.at.elapsed() < COUNTS_REFRESH || c.refreshing.is_some();
         // Nearly always fresh: a shared read, so joins do not queue here.
         if let Some(c) = self.counted.read().get(id).filter(|c| usable(c)) {
             return Ok(Some(c.counts.clone()));
@@ -655,7 +662,7 @@ mod tests {
         store.place_hold(p).await.unwrap().unwrap();
 
         assert_eq!(cache.availability_now(&event.id, now).await.unwrap().unwrap().all, first.all, "fresh enough");
-        tokio::time::advance(AVAILABILITY_TTL).await;
+        tokio::time::advance(COUNTS_REFRESH).await;
         // moka times its entries by the real clock, which did not move: drop
         // the copy its own expiry would have dropped by now.
         cache.availability.invalidate(&event.id);

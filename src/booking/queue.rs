@@ -151,9 +151,10 @@ impl QueueService {
 
     /// Whether every seat and place of the event is sold and none is held
     /// (a held one may come back). The counts are this node's last
-    /// (refreshed in the background each second), so neither a join nor a
-    /// waiting fan's poll waits on the store; a fan who joins within a
-    /// second or so of the last sale may still get in line.
+    /// (refreshed in the background every few seconds), so neither a join nor a
+    /// waiting fan's poll waits on the store; a fan who joins within a few
+    /// seconds of the last sale may still get in line (and is told at a
+    /// later poll).
     async fn sold_out(&self, event: &EventId, now: Timestamp) -> Result<bool, QueueError> {
         let counts = self.0.catalog.availability_now(event, now).await?;
         Ok(counts.is_some_and(|a| is_sold_out(&a)))
