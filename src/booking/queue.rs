@@ -173,7 +173,9 @@ impl QueueService {
         let fan = fan_key(customer.email.as_str());
         let status = self.0.rooms.status(&room, fan, slot, now).await.map_err(QueueError::Unavailable)?;
         let mut entry = self.entry(&room, &customer.id, slot, status.ok_or(QueueError::EntryNotFound)?, now);
-        if matches!(entry.status, "waiting" | "prequeue" | "admitted") && self.sold_out(&event.id, now).await? {
+        // (Only after the on-sale: nothing sells before it, so the pre-queue
+        // needs no count.)
+        if matches!(entry.status, "waiting" | "admitted") && self.sold_out(&event.id, now).await? {
             entry = Entry {
                 status: "sold_out",
                 estimated_wait_seconds: None,
