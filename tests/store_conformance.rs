@@ -27,7 +27,7 @@ use boxoffice::store::checkout::{
     OutboxProgress, Refunded, Settled, Settlement, TicketStatus,
 };
 use boxoffice::store::{
-    Customer, DynStore, EventQuery, HoldPlacement, HoldRejection, NewSession, ReleaseOutcome, StoreError,
+    Customer, DynStore, EventQuery, HoldPlacement, HoldRejection, NewSession, Placed, ReleaseOutcome, StoreError,
 };
 use tokio::sync::Barrier;
 
@@ -84,6 +84,17 @@ async fn hold(
     sel: Selection,
     now: Timestamp,
 ) -> Result<boxoffice::domain::hold::Hold, HoldRejection> {
+    placed(store, e, who, sel, now).await.map(|p| p.hold)
+}
+
+/// [`hold`] with the lapsed holds the placement ended on the way.
+async fn placed(
+    store: &DynStore,
+    e: &Event,
+    who: &Customer,
+    sel: Selection,
+    now: Timestamp,
+) -> Result<Placed, HoldRejection> {
     store
         .place_hold(HoldPlacement {
             hold_id: HoldId::generate(),
@@ -432,6 +443,34 @@ pub mod cases {
         }
         let map = store.seat_map_state(&e.id, at(30)).await.unwrap().unwrap();
         assert_eq!(map.ga_areas[0].available, 500, "b's hold lapsed too; each hold freed its places once");
+    }
+
+    /// A GA hold hands its area's lapsed holds back before taking places,
+    /// and reports each one it ended, with its buyer, so the caller can do
+    /// what the sweeper would have (free that fan's waiting-room place); the
+    /// sweeper then finds nothing left to end. A refused GA hold ends none.
+    pub async fn a_ga_hold_reports_the_lapsed_holds_it_reclaims(store: &DynStore) {
+        let e = event_with(store, serde_json::json!({"hold_ttl_seconds": 10, "max_tickets_per_customer": 100})).await;
+        let (a, b) = (customer(store, "a@example.com").await, customer(store, "b@example.com").await);
+        let floor = |count| Selection::Ga { area: AreaId::parse("floor").unwrap(), count };
+        let lapsing = hold(store, &e, &a, floor(2), T0).await.unwrap();
+        // Five fans take 99 places each and b takes 3: with a's 2, all 500.
+        for i in 0..5 {
+            let fan = customer(store, &format!("filler{i}@example.com")).await;
+            assert!(placed(store, &e, &fan, floor(99), at(5)).await.unwrap().reclaimed.is_empty(), "none lapsed yet");
+        }
+        hold(store, &e, &b, floor(3), at(5)).await.unwrap();
+        // Refused (a's 2 back still leave only 2): rolled back, a's hold with it.
+        let refused = placed(store, &e, &b, floor(3), at(11)).await.unwrap_err();
+        assert_eq!(refused, HoldRejection::Unavailable(vec!["floor".into()]));
+        let took = placed(store, &e, &b, floor(1), at(11)).await.unwrap();
+        assert_eq!(took.reclaimed.len(), 1, "{:?}", took.reclaimed);
+        let ended = &took.reclaimed[0];
+        assert_eq!((&ended.id, &ended.buyer.id, &ended.event_id), (&lapsing.id, &a.id, &e.id));
+        assert_eq!(ended.ga, lapsing.ga);
+        assert!(store.expire_holds(at(12), 100).await.unwrap().is_empty(), "already ended");
+        let map = store.seat_map_state(&e.id, at(12)).await.unwrap().unwrap();
+        assert_eq!(map.ga_areas[0].available, 1, "499 held, a's 2 back and 1 of them taken");
     }
 
     pub async fn releasing_a_lapsed_hold_reports_the_seats_it_freed(store: &DynStore) {
@@ -984,6 +1023,7 @@ macro_rules! all_cases {
             concurrent_sweeps_end_each_hold_once,
             releasing_a_lapsed_ga_hold_again_and_again_frees_its_places_once,
             releasing_a_lapsed_hold_reports_the_seats_it_freed,
+            a_ga_hold_reports_the_lapsed_holds_it_reclaims,
             a_customer_lists_only_their_own_live_holds,
             event_updates_are_version_checked,
             holds_outside_the_sale_window_are_refused,

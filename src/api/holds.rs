@@ -77,7 +77,10 @@ pub async fn create_hold(
     if let Some(event) = state.catalog.event(&event_id).await? {
         super::queue::require_admission(&state, &customer, &event, &headers).await?;
     }
-    let hold = state.booking.place_hold(&customer, &event_id, selection).await?;
+    let placed = state.booking.place_hold(&customer, &event_id, selection).await?;
+    // Lapsed holds this one reclaimed ended here, not in the sweeper.
+    state.queue.holds_ended(&placed.reclaimed).await;
+    let hold = placed.hold;
     let location = HeaderValue::from_str(&format!("/v1/holds/{}", hold.id)).map_err(|_| ApiError::internal())?;
     let body = Json(HoldView::new(&hold, state.clock.now()));
     Ok((StatusCode::CREATED, no_store(), [(header::LOCATION, location)], body).into_response())

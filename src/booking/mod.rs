@@ -24,7 +24,7 @@ use crate::accelerators::{ChangeStatus, GaChange, LockOutcome, SeatChange, SeatF
 use crate::domain::hold::{Hold, Selection};
 use crate::domain::ids::{EventId, HoldId, SeatId};
 use crate::domain::time::Clock;
-use crate::store::{Customer, DynStore, ExpiredHold, HoldPlacement, HoldRejection, ReleaseOutcome, StoreError};
+use crate::store::{Customer, DynStore, ExpiredHold, HoldPlacement, HoldRejection, Placed, ReleaseOutcome, StoreError};
 
 /// How long a lock taken before the database answers may live. Long enough
 /// for any store call to finish; short enough that a lost request frees the
@@ -81,13 +81,16 @@ impl BookingService {
         self.store_attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Places the hold. A GA hold may end lapsed holds of its area on the
+    /// way ([`Placed::reclaimed`]); their locks and seat-feed messages are
+    /// handled here, and the caller frees their fans' waiting-room places.
     #[tracing::instrument(level = "debug", skip_all, fields(event.id = %event_id, customer.id = %customer.id))]
     pub async fn place_hold(
         &self,
         customer: &Customer,
         event_id: &EventId,
         selection: Selection,
-    ) -> Result<Hold, HoldError> {
+    ) -> Result<Placed, HoldError> {
         let hold_id = HoldId::generate();
         let now = self.clock.now();
         let explicit: Option<Vec<SeatId>> = match &selection {
@@ -125,8 +128,12 @@ impl BookingService {
         let result = self.store.place_hold(placement).await;
 
         match &result {
-            Ok(Ok(hold)) => {
+            Ok(Ok(Placed { hold, reclaimed })) => {
                 metrics::counter!("boxoffice_holds_placed_total").increment(1);
+                if !reclaimed.is_empty() {
+                    metrics::counter!("boxoffice_holds_expired_total").increment(reclaimed.len() as u64);
+                    self.forget_expired(reclaimed).await;
+                }
                 self.feed.publish(
                     event_id,
                     SeatChange {

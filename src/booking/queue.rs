@@ -6,7 +6,7 @@
 //! they are accelerators: losing them loses places in line (fans join
 //! again), never a seat or an order, which the database decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::domain::draw::DrawKey;
 use crate::domain::event::Event;
 use crate::domain::ids::{CustomerId, EventId};
 use crate::domain::time::{Clock, Timestamp};
-use crate::store::{Availability, Customer, DynStore, StoreError};
+use crate::store::{Availability, Customer, DynStore, ExpiredHold, StoreError};
 
 /// How long a fan may wait to claim a turn, and how long a claimed turn
 /// lasts after that.
@@ -243,6 +243,16 @@ impl QueueService {
             }
         }
         Ok(())
+    }
+
+    /// For holds that lapsed and were ended (by the sweeper, or reclaimed by
+    /// a GA hold): [`QueueService::done_shopping`] once per fan and event,
+    /// however many of their holds ended.
+    pub async fn holds_ended(&self, ended: &[ExpiredHold]) {
+        let fans: BTreeMap<_, _> = ended.iter().map(|h| ((h.buyer.id.as_str(), h.event_id.as_str()), h)).collect();
+        for h in fans.into_values() {
+            self.done_shopping(&h.buyer, &h.event_id).await;
+        }
     }
 
     /// Frees the fan's waiting-room place once they hold nothing more of the

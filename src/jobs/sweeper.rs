@@ -8,7 +8,6 @@
 //! taken back for the next fan. It also deletes idempotency keys older than
 //! [`KEY_RETENTION`].
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -38,12 +37,7 @@ pub async fn run_once(booking: &BookingService, queue: &QueueService) -> anyhow:
     loop {
         let expired = booking.store().expire_holds(now, BATCH).await?;
         booking.forget_expired(&expired).await;
-        // Once per fan and event, however many of their holds ended.
-        let abandoned: BTreeMap<_, _> =
-            expired.iter().map(|h| ((h.buyer.id.as_str(), h.event_id.as_str()), h)).collect();
-        for h in abandoned.into_values() {
-            queue.done_shopping(&h.buyer, &h.event_id).await;
-        }
+        queue.holds_ended(&expired).await;
         report.expired += expired.len();
         metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
         if expired.len() < BATCH as usize {

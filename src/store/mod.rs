@@ -295,6 +295,22 @@ pub struct ExpiredHold {
     pub buyer: Customer,
 }
 
+/// A placed hold, and the lapsed holds its placement ended on the way: a
+/// GA hold first hands back its area's lapsed holds (lazy expiry), and
+/// those end here rather than in the sweeper, so the caller does for them
+/// what the sweeper would (their fans' waiting-room places free at once).
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub hold: Hold,
+    pub reclaimed: Vec<ExpiredHold>,
+}
+
+impl Placed {
+    pub fn alone(hold: Hold) -> Placed {
+        Placed { hold, reclaimed: Vec::new() }
+    }
+}
+
 /// The hold a successful placement creates: priced from the event's
 /// current prices for the categories taken, expiring after its TTL.
 pub(crate) fn priced_hold(
@@ -350,7 +366,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// All or nothing: either every requested seat/place is held by the new
     /// hold, or nothing changed.
-    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>>;
+    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Placed, HoldRejection>>;
     async fn hold(&self, id: &HoldId) -> StoreResult<Option<Hold>>;
     /// The customer's live holds (held and not lapsed, or in checkout),
     /// newest first, at most `limit`.

@@ -39,6 +39,7 @@ on_both_backends!(
     a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate,
     a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept,
     a_fan_still_waiting_when_the_event_sells_out_is_told_so,
+    a_lapsed_ga_hold_taken_back_by_another_fan_gives_the_place_back_at_once,
     a_sold_out_event_takes_no_more_fans,
 );
 
@@ -72,11 +73,11 @@ async fn entry(app: &TestApp, token: &str, event: &str, entry_id: &str) -> Value
 }
 
 async fn hold_with(app: &TestApp, token: &str, event: &str, seat: &str, admission: Option<&str>) -> Reply {
-    let mut req = app
-        .client
-        .post(app.url(&format!("/v1/events/{event}/holds")))
-        .bearer_auth(token)
-        .json(&json!({"seats": [seat]}));
+    hold_body_with(app, token, event, json!({"seats": [seat]}), admission).await
+}
+
+async fn hold_body_with(app: &TestApp, token: &str, event: &str, body: Value, admission: Option<&str>) -> Reply {
+    let mut req = app.client.post(app.url(&format!("/v1/events/{event}/holds"))).bearer_auth(token).json(&body);
     if let Some(a) = admission {
         req = req.header("Admission-Token", a);
     }
@@ -282,6 +283,56 @@ async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app
     let e = entry(&app, &next, &event, &next_entry).await;
     assert_eq!(e["status"], "admitted", "the next fan is in: {e}");
     hold_with(&app, &fan, &event, "A2", Some(&admission)).await.assert_problem(403, "not_admitted");
+}
+
+/// Two shoppers at a time, three fans: one lets a GA hold lapse, and the
+/// other's next GA hold takes its places back (lazy expiry, before any
+/// sweep). That ends the lapsed hold there and then, so its fan's place
+/// frees at once and the waiting fan is let in, without the sweeper.
+async fn a_lapsed_ga_hold_taken_back_by_another_fan_gives_the_place_back_at_once(app: TestApp) {
+    let now = app.clock.now();
+    let event = app
+        .demo_event(json!({
+            "on_sale_at": now.plus_secs(100).to_rfc3339(),
+            "hold_ttl_seconds": 60,
+            "waiting_room": {
+                "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": 2,
+                "prequeue_opens_at": now.to_rfc3339(),
+            }
+        }))
+        .await;
+    let mut fans = Vec::new();
+    for i in 0..3 {
+        let token = app.customer(&format!("fan{i}@example.com")).await;
+        let e = join(&app, &token, &event).await;
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    app.clock.advance(Duration::from_secs(102));
+    let (mut shoppers, mut waiting) = (Vec::new(), None);
+    for (token, entry_id) in &fans {
+        let e = entry(&app, token, &event, entry_id).await;
+        match e["status"].as_str().unwrap() {
+            "admitted" => shoppers.push((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
+            "waiting" => waiting = Some((token.clone(), entry_id.clone())),
+            other => panic!("{other}: {e}"),
+        }
+    }
+    let ((walker, walker_pass), (buyer, buyer_pass)) = (shoppers[0].clone(), shoppers[1].clone());
+    let (next, next_entry) = waiting.expect("one waiting");
+    let floor = |count: u32| json!({"ga": {"area": "floor", "count": count}});
+    let lapsing = hold_body_with(&app, &walker, &event, floor(2), Some(&walker_pass)).await;
+    assert_eq!(lapsing.status, StatusCode::CREATED, "{}", lapsing.body);
+
+    app.clock.advance(Duration::from_secs(61)); // the hold lapses; nobody sweeps
+    assert_eq!(entry(&app, &next, &event, &next_entry).await["status"], "waiting", "the room is full");
+    let took = hold_body_with(&app, &buyer, &event, floor(1), Some(&buyer_pass)).await;
+    assert_eq!(took.status, StatusCode::CREATED, "{}", took.body);
+    app.clock.advance(Duration::from_secs(1));
+    let e = entry(&app, &next, &event, &next_entry).await;
+    assert_eq!(e["status"], "admitted", "the walker's place went to the next fan: {e}");
+    hold_body_with(&app, &walker, &event, floor(1), Some(&walker_pass)).await.assert_problem(403, "not_admitted");
+    let swept = boxoffice::jobs::sweeper::run_once(&app.state.booking, &app.state.queue).await.unwrap();
+    assert_eq!(swept.expired, 0, "the hold had already ended");
 }
 
 /// A two-seat hall with a room for one shopper at a time: the first fan

@@ -42,7 +42,8 @@ use super::codec::{
 };
 use super::{
     priced_hold, tally, Availability, Customer, EventQuery, ExpiredHold, GaCounters, GaRow, HoldPlacement,
-    HoldRejection, NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+    HoldRejection, NewSession, Placed, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError,
+    StoreResult,
 };
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
@@ -438,13 +439,15 @@ async fn expire(tx: &mut Tx, rows: Vec<PgRow>) -> anyhow::Result<Vec<ExpiredHold
         .collect())
 }
 
+/// Takes `count` places in the area, or gives the rejection; with the
+/// category, the area's lapsed holds it ended first (see [`Placed`]).
 async fn take_ga(
     tx: &mut Tx,
     event_id: &str,
     area: &AreaId,
     count: u32,
     now: Timestamp,
-) -> anyhow::Result<Result<Category, HoldRejection>> {
+) -> anyhow::Result<Result<(Category, Vec<ExpiredHold>), HoldRejection>> {
     // Lazy expiry for GA: hand this area's lapsed holds back first.
     let lapsed = sqlx::query(&format!(
         "UPDATE holds SET status = 'expired', version = version + 1 \
@@ -455,7 +458,7 @@ async fn take_ga(
     .bind(now.as_millis())
     .fetch_all(&mut **tx)
     .await?;
-    expire(tx, lapsed).await?;
+    let reclaimed = expire(tx, lapsed).await?;
     let category: Option<String> = sqlx::query_scalar(
         "UPDATE ga_inventory SET held = held + $3 \
          WHERE event_id = $1 AND area_id = $2 AND held + sold + $3 <= capacity RETURNING category",
@@ -466,7 +469,7 @@ async fn take_ga(
     .fetch_optional(&mut **tx)
     .await?;
     if let Some(c) = category {
-        return Ok(Ok(Category::from_trusted(c)));
+        return Ok(Ok((Category::from_trusted(c), reclaimed)));
     }
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ga_inventory WHERE event_id = $1 AND area_id = $2)")
@@ -567,7 +570,7 @@ fn held_by_buyer(buyer: &str, event: &str, now: &str) -> String {
 
 /// One attempt at a hold. `Ok(Err(_))` is a refusal (nothing written);
 /// a [`Retry`] or deadlock error means "run it again".
-async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
+async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Result<Placed, HoldRejection>> {
     // The purchase-limit lock first, so every read below sees the holds of
     // whoever had it before.
     let mut tx = pool.begin_with(batch::begin_locking(&[batch::limit_lock(p)].into())).await?;
@@ -592,6 +595,7 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
     }
 
     let expires_at = p.now.plus_secs(event.hold_ttl_seconds);
+    let mut reclaimed = Vec::new();
     let (seats, ga, categories) = match &p.selection {
         Selection::Seats(_) => bail!("explicit-seat holds are settled by the hold batcher"),
         Selection::BestAvailable { count, category } => {
@@ -613,7 +617,10 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
             }
         }
         Selection::Ga { area, count } => match take_ga(&mut tx, p.event_id.as_str(), area, *count, p.now).await? {
-            Ok(cat) => (vec![], Some(GaSelection { area: area.clone(), count: *count }), vec![cat; *count as usize]),
+            Ok((cat, ended)) => {
+                reclaimed = ended;
+                (vec![], Some(GaSelection { area: area.clone(), count: *count }), vec![cat; *count as usize])
+            }
             Err(r) => return Ok(Err(r)),
         },
     };
@@ -638,7 +645,7 @@ async fn try_place_hold(pool: &PgPool, p: &HoldPlacement) -> anyhow::Result<Resu
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Ok(hold))
+    Ok(Ok(Placed { hold, reclaimed }))
 }
 
 /// GA areas with lapsed-but-unswept holds counted as available.
@@ -934,9 +941,9 @@ impl Store for PgStore {
         .map_err(classify)
     }
 
-    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>> {
+    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Placed, HoldRejection>> {
         if matches!(p.selection, Selection::Seats(_)) {
-            return self.batcher.place(p).await;
+            return Ok(self.batcher.place(p).await?.map(Placed::alone));
         }
         let mut attempt = 0;
         loop {

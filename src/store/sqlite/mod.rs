@@ -25,7 +25,8 @@ use super::codec::{
 };
 use super::{
     priced_hold, tally, Availability, Customer, EventQuery, ExpiredHold, GaCounters, GaRow, HoldPlacement,
-    HoldRejection, NewSession, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError, StoreResult,
+    HoldRejection, NewSession, Placed, ReleaseOutcome, SeatMapState, SeatState, SeatStatus, Store, StoreError,
+    StoreResult,
 };
 use crate::domain::customer::{Email, TokenHash};
 use crate::domain::event::Event;
@@ -544,13 +545,15 @@ fn free_seats(
     Ok(rows)
 }
 
+/// Takes `count` places in the area, or gives the rejection; with the
+/// category, the area's lapsed holds it ended first (see [`Placed`]).
 fn take_ga(
     conn: &Connection,
     event_id: &str,
     area: &AreaId,
     count: u32,
     now: Timestamp,
-) -> anyhow::Result<Result<Category, HoldRejection>> {
+) -> anyhow::Result<Result<(Category, Vec<ExpiredHold>), HoldRejection>> {
     // Lazy expiry for GA: hand back this area's lapsed holds first, so an
     // expired hold's places are available at once.
     let lapsed: Vec<String> = conn
@@ -559,8 +562,9 @@ fn take_ga(
         )?
         .query_map(params![event_id, area.as_str(), now.as_millis()], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let mut reclaimed = Vec::with_capacity(lapsed.len());
     for id in lapsed {
-        expire_one(conn, &id, now)?;
+        reclaimed.extend(expire_one(conn, &id, now)?);
     }
     let category: Option<String> = conn
         .prepare_cached(
@@ -570,7 +574,7 @@ fn take_ga(
         .query_row(params![event_id, area.as_str(), count], |r| r.get(0))
         .optional()?;
     if let Some(c) = category {
-        return Ok(Ok(Category::from_trusted(c)));
+        return Ok(Ok((Category::from_trusted(c), reclaimed)));
     }
     let exists: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM ga_inventory WHERE event_id = ?1 AND area_id = ?2)")?
@@ -600,7 +604,7 @@ const LIMIT_SUM: &str = "SELECT (SELECT COALESCE(SUM(quantity), 0) FROM holds \
                    AND status = 'purchased')";
 
 /// The whole hold, inside the writer's transaction.
-fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<Hold, HoldRejection>> {
+fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<Placed, HoldRejection>> {
     let Some(event) = writer_event(conn, p.event_id.as_str())? else {
         return Ok(Err(HoldRejection::EventNotFound));
     };
@@ -617,6 +621,7 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
     }
 
     let expires_at = p.now.plus_secs(event.hold_ttl_seconds);
+    let mut reclaimed = Vec::new();
     let (seats, ga, categories) = match &p.selection {
         Selection::Seats(seats) => {
             match take_seats(conn, p.event_id.as_str(), seats, p.hold_id.as_str(), expires_at, p.now)? {
@@ -642,7 +647,10 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
             }
         }
         Selection::Ga { area, count } => match take_ga(conn, p.event_id.as_str(), area, *count, p.now)? {
-            Ok(cat) => (vec![], Some(GaSelection { area: area.clone(), count: *count }), vec![cat; *count as usize]),
+            Ok((cat, ended)) => {
+                reclaimed = ended;
+                (vec![], Some(GaSelection { area: area.clone(), count: *count }), vec![cat; *count as usize])
+            }
             Err(r) => return Ok(Err(r)),
         },
     };
@@ -667,7 +675,7 @@ fn place_hold_tx(conn: &Connection, p: &HoldPlacement) -> anyhow::Result<Result<
         hold.created_at.as_millis(),
         hold.expires_at.as_millis(),
     ])?;
-    Ok(Ok(hold))
+    Ok(Ok(Placed { hold, reclaimed }))
 }
 
 fn keep_if_ok<T, E>(r: Result<T, E>) -> (Result<T, E>, Keep) {
@@ -920,7 +928,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Hold, HoldRejection>> {
+    async fn place_hold(&self, p: HoldPlacement) -> StoreResult<Result<Placed, HoldRejection>> {
         self.write_hold_state(move |c| place_hold_tx(c, &p).map(keep_if_ok)).await
     }
 
