@@ -194,18 +194,25 @@ async fn waiting_fans_see_their_place_and_an_honest_wait(rooms: &dyn WaitingRoom
     assert!((wait.as_secs_f64() - 70.0).abs() < 2.0, "{wait:?}");
 }
 
+/// `n` fans who joined in the pre-queue, as (fan, slot) by the position the
+/// draw gave them at the on-sale (index 0 unused).
+async fn drawn_in_order(rooms: &dyn WaitingRooms, r: &RoomSpec, n: usize) -> Vec<(u64, u32)> {
+    let fs = fans(n);
+    let slots = join_all(rooms, r, &fs, at(0)).await;
+    let mut by_position = vec![(0, 0); n + 1];
+    for (f, s) in fs.iter().zip(&slots) {
+        by_position[position(&status(rooms, r, *f, *s, at(100)).await) as usize] = (*f, *s);
+    }
+    by_position
+}
+
 /// The room lets in 60 a minute, but it is full and shoppers leave only one
 /// every 3 s: fans are really let in at about 24 a minute (40 in the 100 s
 /// since the on-sale), and the wait a fan is shown follows that, not the
 /// configured rate.
 async fn the_wait_follows_the_measured_rate_when_shoppers_leave_slowly(rooms: &dyn WaitingRooms) {
     let r = room(60, 10);
-    let fs = fans(100);
-    let slots = join_all(rooms, &r, &fs, at(0)).await;
-    let mut by_position = vec![(0, 0); 101];
-    for (f, s) in fs.iter().zip(&slots) {
-        by_position[position(&status(rooms, &r, *f, *s, at(100)).await) as usize] = (*f, *s);
-    }
+    let by_position = drawn_in_order(rooms, &r, 100).await;
     for t in 101..=110 {
         rooms.tick(&r, at(t)).await.unwrap();
     }
@@ -242,12 +249,7 @@ async fn the_wait_follows_the_measured_rate_when_shoppers_leave_slowly(rooms: &d
 /// estimate follows them.
 async fn the_wait_is_unknown_while_nobody_is_let_in(rooms: &dyn WaitingRooms) {
     let r = room(60, 10);
-    let fs = fans(20);
-    let slots = join_all(rooms, &r, &fs, at(0)).await;
-    let mut by_position = vec![(0, 0); 21];
-    for (f, s) in fs.iter().zip(&slots) {
-        by_position[position(&status(rooms, &r, *f, *s, at(100)).await) as usize] = (*f, *s);
-    }
+    let by_position = drawn_in_order(rooms, &r, 20).await;
     for t in 101..=115 {
         rooms.tick(&r, at(t)).await.unwrap();
     }

@@ -239,39 +239,48 @@ async fn a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate(app:
     assert_eq!(hold_with(&app, &fans[19].0, &event, "A1", None).await.status, StatusCode::CREATED, "no token needed");
 }
 
-/// One shopper at a time: the admitted fan holds a seat and walks away. When
-/// the sweeper ends the lapsed hold, the place goes to the next fan at once,
-/// not when the turn's 15 minutes run out.
-async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app: TestApp) {
+/// A demo event (60 s holds) whose room lets `max_active` fans shop at
+/// once, and `max_active + 1` fans who joined in the pre-queue, two seconds
+/// into the sale: the shoppers (session and admission tokens) and the one
+/// fan still waiting (session token and entry).
+async fn shoppers_and_one_waiting(app: &TestApp, max_active: u32) -> (String, Vec<(String, String)>, (String, String)) {
     let now = app.clock.now();
     let event = app
         .demo_event(json!({
             "on_sale_at": now.plus_secs(100).to_rfc3339(),
             "hold_ttl_seconds": 60,
             "waiting_room": {
-                "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": 1,
+                "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": max_active,
                 "prequeue_opens_at": now.to_rfc3339(),
             }
         }))
         .await;
     let mut fans = Vec::new();
-    for i in 0..2 {
+    for i in 0..=max_active {
         let token = app.customer(&format!("fan{i}@example.com")).await;
-        let e = join(&app, &token, &event).await;
+        let e = join(app, &token, &event).await;
         fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
     }
     app.clock.advance(Duration::from_secs(102));
-    let mut first = None;
-    let mut waiting = None;
+    let (mut shoppers, mut waiting) = (Vec::new(), None);
     for (token, entry_id) in &fans {
-        let e = entry(&app, token, &event, entry_id).await;
+        let e = entry(app, token, &event, entry_id).await;
         match e["status"].as_str().unwrap() {
-            "admitted" => first = Some((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
+            "admitted" => shoppers.push((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
             "waiting" => waiting = Some((token.clone(), entry_id.clone())),
             other => panic!("{other}: {e}"),
         }
     }
-    let ((fan, admission), (next, next_entry)) = (first.expect("one shopper"), waiting.expect("one waiting"));
+    assert_eq!(shoppers.len(), max_active as usize, "a roomful shopping");
+    (event, shoppers, waiting.expect("one waiting"))
+}
+
+/// One shopper at a time: the admitted fan holds a seat and walks away. When
+/// the sweeper ends the lapsed hold, the place goes to the next fan at once,
+/// not when the turn's 15 minutes run out.
+async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app: TestApp) {
+    let (event, shoppers, (next, next_entry)) = shoppers_and_one_waiting(&app, 1).await;
+    let (fan, admission) = shoppers[0].clone();
     let held = hold_with(&app, &fan, &event, "A1", Some(&admission)).await;
     assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
 
@@ -290,35 +299,8 @@ async fn a_fan_who_lets_the_hold_lapse_gives_the_place_back_when_it_is_swept(app
 /// sweep). That ends the lapsed hold there and then, so its fan's place
 /// frees at once and the waiting fan is let in, without the sweeper.
 async fn a_lapsed_ga_hold_taken_back_by_another_fan_gives_the_place_back_at_once(app: TestApp) {
-    let now = app.clock.now();
-    let event = app
-        .demo_event(json!({
-            "on_sale_at": now.plus_secs(100).to_rfc3339(),
-            "hold_ttl_seconds": 60,
-            "waiting_room": {
-                "enabled": true, "admission_rate_per_minute": 60, "max_active_shoppers": 2,
-                "prequeue_opens_at": now.to_rfc3339(),
-            }
-        }))
-        .await;
-    let mut fans = Vec::new();
-    for i in 0..3 {
-        let token = app.customer(&format!("fan{i}@example.com")).await;
-        let e = join(&app, &token, &event).await;
-        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
-    }
-    app.clock.advance(Duration::from_secs(102));
-    let (mut shoppers, mut waiting) = (Vec::new(), None);
-    for (token, entry_id) in &fans {
-        let e = entry(&app, token, &event, entry_id).await;
-        match e["status"].as_str().unwrap() {
-            "admitted" => shoppers.push((token.clone(), e["admission_token"].as_str().unwrap().to_owned())),
-            "waiting" => waiting = Some((token.clone(), entry_id.clone())),
-            other => panic!("{other}: {e}"),
-        }
-    }
+    let (event, shoppers, (next, next_entry)) = shoppers_and_one_waiting(&app, 2).await;
     let ((walker, walker_pass), (buyer, buyer_pass)) = (shoppers[0].clone(), shoppers[1].clone());
-    let (next, next_entry) = waiting.expect("one waiting");
     let floor = |count: u32| json!({"ga": {"area": "floor", "count": count}});
     let lapsing = hold_body_with(&app, &walker, &event, floor(2), Some(&walker_pass)).await;
     assert_eq!(lapsing.status, StatusCode::CREATED, "{}", lapsing.body);
