@@ -533,6 +533,8 @@ async fn pg_stampede(base: &str, event: &Event, app_state: &AppState) -> (usize,
 }
 
 fn main() {
+    // As the `boxoffice` binary does.
+    boxoffice::store::sqlite::configure_process();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         eprintln!("seeding {} seats and {CUSTOMERS} customers per phase...", ROWS * PER_ROW);

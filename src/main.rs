@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    boxoffice::store::sqlite::configure_process();
     let cli = boxoffice::cli::Cli::parse();
     match boxoffice::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

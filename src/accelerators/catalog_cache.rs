@@ -212,24 +212,6 @@ impl CatalogCache {
         Ok(fresh)
     }
 
-    /// Counts read from the store now (not through the shared tiers), for
-    /// rare readers that want the live figures, such as an organizer's
-    /// queue overview. They also become this node's last counts, so what
-    /// [`CatalogCache::availability_now`] answers next is at least as fresh.
-    pub async fn availability_fresh(&self, id: &EventId, now: Timestamp) -> StoreResult<Option<Arc<Availability>>> {
-        let fresh = self.store.availability(id, now).await?.map(Arc::new);
-        let mut counted = self.counted.write();
-        match &fresh {
-            Some(counts) => {
-                counted.insert(id.clone(), Counted::new(counts.clone()));
-            }
-            None => {
-                counted.remove(id);
-            }
-        }
-        Ok(fresh)
-    }
-
     /// The background half of [`CatalogCache::availability_now`].
     async fn recount(self: Arc<Self>, id: EventId, now: Timestamp) {
         let fresh = self.availability(&id, now).await;

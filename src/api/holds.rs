@@ -78,8 +78,14 @@ pub async fn create_hold(
         super::queue::require_admission(&state, &customer, &event, &headers).await?;
     }
     let placed = state.booking.place_hold(&customer, &event_id, selection).await?;
-    // Lapsed holds this one reclaimed ended here, not in the sweeper.
-    state.queue.holds_ended(&placed.reclaimed).await;
+    // Lapsed holds this one reclaimed ended here, not in the sweeper, which
+    // will not see them again: free their fans' places on a task of its own,
+    // so a client that hangs up (dropping this handler) cannot stop it. The
+    // answer waits for it, so the fan after them is in line at once.
+    if !placed.reclaimed.is_empty() {
+        let (queue, ended) = (state.queue.clone(), placed.reclaimed);
+        let _ = tokio::spawn(async move { queue.holds_ended(&ended).await }).await;
+    }
     let hold = placed.hold;
     let location = HeaderValue::from_str(&format!("/v1/holds/{}", hold.id)).map_err(|_| ApiError::internal())?;
     let body = Json(HoldView::new(&hold, state.clock.now()));

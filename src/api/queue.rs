@@ -23,7 +23,8 @@ use crate::store::Customer;
 pub struct EntryView {
     pub entry_id: String,
     /// `prequeue`, `waiting`, `admitted`, `expired`, or `sold_out` (every
-    /// ticket sold while the fan waited).
+    /// ticket is sold while the fan waits; not final: tickets that come back
+    /// make it `waiting` again).
     pub status: String,
     /// 1-based; null in the pre-queue, before the draw at the on-sale.
     pub position: Option<u32>,
@@ -181,7 +182,7 @@ pub async fn stream(
         loop {
             let Ok(now) = current else { return };
             if last.as_ref() != Some(&now) {
-                let done = matches!(now.status, "admitted" | "expired" | "sold_out");
+                let done = matches!(now.status, "admitted" | "expired");
                 let Ok(msg) = SseEvent::default().event("entry").json_data(EntryView::from(now.clone())) else {
                     return;
                 };

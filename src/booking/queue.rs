@@ -19,7 +19,7 @@ use crate::domain::draw::DrawKey;
 use crate::domain::event::Event;
 use crate::domain::ids::{CustomerId, EventId};
 use crate::domain::time::{Clock, Timestamp};
-use crate::store::{Availability, Customer, DynStore, ExpiredHold, StoreError};
+use crate::store::{Customer, DynStore, ExpiredHold, StoreError};
 
 /// How long a fan may wait to claim a turn, and how long a claimed turn
 /// lasts after that.
@@ -141,7 +141,7 @@ impl QueueService {
         }
         // Nothing sells before the on-sale, so the pre-queue (where most
         // fans of a big on-sale join) needs no count.
-        if now >= event.on_sale_at && self.sold_out(&event.id, now).await? {
+        if now >= event.on_sale_at && self.sold_out(&event.id, now).await {
             return Err(QueueError::SoldOut);
         }
         let fan = fan_key(customer.email.as_str());
@@ -154,17 +154,26 @@ impl QueueService {
     /// (refreshed in the background every few seconds), so neither a join nor a
     /// waiting fan's poll waits on the store; a fan who joins within a few
     /// seconds of the last sale may still get in line (and is told at a
-    /// later poll).
-    async fn sold_out(&self, event: &EventId, now: Timestamp) -> Result<bool, QueueError> {
-        let counts = self.0.catalog.availability_now(event, now).await?;
-        Ok(counts.is_some_and(|a| is_sold_out(&a)))
+    /// later poll). Without counts (the store did not answer the first
+    /// count), the event is taken as not sold out: the check only spares
+    /// fans a pointless wait, so it never fails a join or a poll.
+    async fn sold_out(&self, event: &EventId, now: Timestamp) -> bool {
+        match self.0.catalog.availability_now(event, now).await {
+            Ok(counts) => counts.is_some_and(|a| a.all.total > 0 && a.all.sold >= a.all.total),
+            Err(e) => {
+                tracing::warn!(error = %e, event.id = %event, "no availability counts for the sold-out check");
+                false
+            }
+        }
     }
 
     /// The fan's own entry; anyone else's reads as absent. Asking while
-    /// admitted claims the turn and returns the admission token. Once the
-    /// event is sold out, a fan still waiting, or whose turn has just come,
-    /// is told so (`sold_out`, with the place they had and no token) rather
-    /// than waiting for, or shopping in, a turn that would find nothing.
+    /// admitted claims the turn and returns the admission token. While the
+    /// event is sold out, a fan still waiting is told so (`sold_out`, with
+    /// their place and no estimate) rather than waiting for a turn that
+    /// would find nothing; it is not final (a refund or a failed payment
+    /// brings tickets back, and the next poll says `waiting` again). A fan
+    /// whose turn has come keeps it: the turn is already theirs.
     pub async fn status(&self, customer: &Customer, event: &EventId, entry_id: &str) -> Result<Entry, QueueError> {
         let event = self.event(event).await?;
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
@@ -173,16 +182,9 @@ impl QueueService {
         let fan = fan_key(customer.email.as_str());
         let status = self.0.rooms.status(&room, fan, slot, now).await.map_err(QueueError::Unavailable)?;
         let mut entry = self.entry(&room, &customer.id, slot, status.ok_or(QueueError::EntryNotFound)?, now);
-        // (Only after the on-sale: nothing sells before it, so the pre-queue
-        // needs no count.)
-        if matches!(entry.status, "waiting" | "admitted") && self.sold_out(&event.id, now).await? {
-            entry = Entry {
-                status: "sold_out",
-                estimated_wait_seconds: None,
-                admission_token: None,
-                admitted_until: None,
-                ..entry
-            };
+        // (`waiting` comes only after the on-sale: the pre-queue needs no count.)
+        if entry.status == "waiting" && self.sold_out(&event.id, now).await {
+            entry = Entry { status: "sold_out", estimated_wait_seconds: None, ..entry };
         }
         Ok(entry)
     }
@@ -288,20 +290,7 @@ impl QueueService {
         let room = self.room(&event).await?.ok_or(QueueError::NoWaitingRoom)?;
         let now = self.0.clock.now();
         let (counts, measured) = self.0.rooms.overview(&room, now).await.map_err(QueueError::Unavailable)?;
-        // Organizers want live figures, and ask rarely: a fresh count, which
-        // also refreshes what this node's joins and polls see.
-        let tickets = self.0.catalog.availability_fresh(&event.id, now).await?;
-        let phase = if event.cancelled || now >= event.starts_at {
-            "closed"
-        } else if tickets.is_some_and(|a| is_sold_out(&a)) {
-            "sold_out"
-        } else if now < event.on_sale_at {
-            "prequeue"
-        } else {
-            "live"
-        };
         Ok(Overview {
-            phase,
             joined: counts.joined,
             drawn: counts.drawn,
             waiting: counts.waiting,
@@ -316,18 +305,9 @@ impl QueueService {
     }
 }
 
-/// Every seat and place sold, none held (a held one may come back).
-fn is_sold_out(a: &Availability) -> bool {
-    a.all.total > 0 && a.all.sold >= a.all.total
-}
-
 /// What organizers see of a room (`GET /v1/events/{id}/queue`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Overview {
-    /// `prequeue` (before the on-sale), `live`, `sold_out` (every seat and
-    /// place sold, none held, from a count made for this answer), or
-    /// `closed` (the event has started or was cancelled).
-    pub phase: &'static str,
     pub joined: u32,
     /// How many fans joined before the on-sale and were placed by the draw
     /// (join slots `0..drawn`; an entry `qe_N` has slot N); null before it.

@@ -84,6 +84,19 @@ async fn hold_body_with(app: &TestApp, token: &str, event: &str, body: Value, ad
     crate::helpers::reply(req.send().await.unwrap()).await
 }
 
+async fn checkout_with(app: &TestApp, token: &str, hold: &str, key: &str, admission: Option<&str>) -> Reply {
+    let mut req = app
+        .client
+        .post(app.url(&format!("/v1/holds/{hold}/checkout")))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&json!({"payment_method": "pm_card_visa"}));
+    if let Some(a) = admission {
+        req = req.header("Admission-Token", a);
+    }
+    crate::helpers::reply(req.send().await.unwrap()).await
+}
+
 async fn one_place_per_fan_and_the_prequeue_waits_for_the_draw(app: TestApp) {
     let event = queued_event(&app, 100).await;
     let fan = app.customer("fan@example.com").await;
@@ -117,7 +130,6 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     let commitment = overview.body["draw_commitment"].as_str().unwrap().to_owned();
     assert_eq!(overview.body["draw_key"], Value::Null, "the key stays secret until the draw");
     assert_eq!(overview.body["drawn"], Value::Null, "nobody is drawn before the on-sale");
-    assert_eq!(overview.body["phase"], "prequeue");
     app.clock.advance(Duration::from_secs(102)); // two seconds into the sale: two fans in
     let mut admitted = Vec::new();
     let mut positions = Vec::new();
@@ -141,7 +153,6 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     }
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     let key_hex = overview.body["draw_key"].as_str().unwrap();
-    assert_eq!(overview.body["phase"], "live");
     assert!(verify_commitment(key_hex, &commitment), "the published key is the one committed to");
     // An auditor recomputes every drawn fan's place from what is published.
     let (key, drawn) = (DrawKey::from_hex(key_hex).unwrap(), overview.body["drawn"].as_u64().unwrap());
@@ -168,21 +179,9 @@ async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: T
     );
 
     // Checkout needs the token too; paying frees the place for the next fan.
-    let checkout = format!("/v1/holds/{}/checkout", held.id());
-    let pay = |admission: Option<String>| {
-        let mut req = app
-            .client
-            .request(Method::POST, app.url(&checkout))
-            .bearer_auth(fan)
-            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-            .json(&json!({"payment_method": "pm_card_visa"}));
-        if let Some(a) = admission {
-            req = req.header("Admission-Token", a);
-        }
-        async move { crate::helpers::reply(req.send().await.unwrap()).await }
-    };
-    pay(None).await.assert_problem(403, "not_admitted");
-    let paid = pay(Some(admission.clone())).await;
+    let hold_id = held.id();
+    checkout_with(&app, fan, &hold_id, "without-token", None).await.assert_problem(403, "not_admitted");
+    let paid = checkout_with(&app, fan, &hold_id, "with-token", Some(admission)).await;
     assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     assert_eq!(overview.body["active"], 1, "the buyer's place is free: {}", overview.body);
@@ -317,11 +316,11 @@ async fn a_lapsed_ga_hold_taken_back_by_another_fan_gives_the_place_back_at_once
     assert_eq!(swept.expired, 0, "the hold had already ended");
 }
 
-/// A two-seat hall with a room for one shopper at a time: the first fan
-/// drawn buys both seats, and the fan behind them, whose turn that payment
-/// frees, is told the event sold out (with no token and no estimate)
-/// instead of shopping in a turn that would find nothing; the stream ends
-/// with that too.
+/// A two-seat hall with a room for one shopper at a time and three fans:
+/// the first fan drawn buys both seats. The second, whose turn that frees,
+/// keeps the turn; the third, still waiting, is told the event is sold out
+/// (with their place and no estimate) instead of waiting for a turn that
+/// would find nothing, and the stream says so too.
 async fn a_fan_still_waiting_when_the_event_sells_out_is_told_so(app: TestApp) {
     let now = app.clock.now();
     let venue = app.create_venue(boxoffice::demo::sized_venue_json("Tiny Hall", "Smalltown", 1, 2, 0)).await;
@@ -339,61 +338,44 @@ async fn a_fan_still_waiting_when_the_event_sells_out_is_told_so(app: TestApp) {
         )
         .await;
     let mut fans = Vec::new();
-    for i in 0..2 {
+    for i in 0..3 {
         let token = app.customer(&format!("fan{i}@example.com")).await;
         let e = join(&app, &token, &event).await;
         assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
         fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
     }
     app.clock.advance(Duration::from_secs(102));
-    // Who was drawn first, from the published draw (asking the fans would
-    // not tell: both are asked below, the buyer first).
+    // Each fan's place, from the published draw (asking a waiting fan
+    // before the sale would make this node count early).
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     let key = DrawKey::from_hex(overview.body["draw_key"].as_str().unwrap()).unwrap();
-    let first = fans
-        .iter()
-        .position(|(_, entry_id)| permute(&key, 2, entry_id.strip_prefix("qe_").unwrap().parse().unwrap()) == 0)
-        .expect("someone is first");
-    let ((buyer, buyer_entry), (waiter, waiter_entry)) = (&fans[first], &fans[1 - first]);
+    let mut by_place = fans.clone();
+    by_place.sort_by_key(|(_, entry_id)| permute(&key, 3, entry_id.strip_prefix("qe_").unwrap().parse().unwrap()));
+    let [(buyer, buyer_entry), (second, second_entry), (third, third_entry)] = &by_place[..] else { unreachable!() };
     let turn = entry(&app, buyer, &event, buyer_entry).await;
     let admission = turn["admission_token"].as_str().expect("the first fan's turn").to_owned();
-    let held = app
-        .client
-        .post(app.url(&format!("/v1/events/{event}/holds")))
-        .bearer_auth(buyer)
-        .header("Admission-Token", &admission)
-        .json(&json!({"seats": ["A1", "A2"]}));
-    let held = crate::helpers::reply(held.send().await.unwrap()).await;
+    let held = hold_body_with(&app, buyer, &event, json!({"seats": ["A1", "A2"]}), Some(&admission)).await;
     assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
-    let paid = app
-        .client
-        .post(app.url(&format!("/v1/holds/{}/checkout", held.id())))
-        .bearer_auth(buyer)
-        .header("Idempotency-Key", "pay-all")
-        .header("Admission-Token", &admission)
-        .json(&json!({"payment_method": "pm_card_visa"}));
-    let paid = crate::helpers::reply(paid.send().await.unwrap()).await;
+    let paid = checkout_with(&app, buyer, &held.id(), "pay-all", Some(&admission)).await;
     assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
-    // The organizer's overview counts afresh (a node's own counts are
-    // refreshed in the background each second; this one also refreshes
-    // them, so the test need not wait for that).
-    let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
-    assert_eq!(overview.body["phase"], "sold_out", "{}", overview.body);
 
-    let told = entry(&app, waiter, &event, waiter_entry).await;
+    app.clock.advance(Duration::from_secs(1)); // the freed place goes to the next fan
+    let next = entry(&app, second, &event, second_entry).await;
+    assert_eq!(next["status"], "admitted", "a turn that has come stays the fan's: {next}");
+    let told = entry(&app, third, &event, third_entry).await;
     assert_eq!(told["status"], "sold_out", "{told}");
-    assert_eq!(told["position"], 2, "the place they had: {told}");
+    assert_eq!(told["position"], 3, "the place they had: {told}");
     assert_eq!(told["estimated_wait_seconds"], Value::Null);
-    assert_eq!(told["admission_token"], Value::Null);
-    let stream = app
+    let mut stream = app
         .client
-        .get(app.url(&format!("/v1/events/{event}/queue/{waiter_entry}/stream")))
-        .bearer_auth(waiter)
+        .get(app.url(&format!("/v1/events/{event}/queue/{third_entry}/stream")))
+        .bearer_auth(third)
         .send()
         .await
         .unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(10), stream.text()).await.expect("the stream ends");
-    assert!(body.unwrap().contains("\"status\":\"sold_out\""), "the stream says so and ends");
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await.expect("an event at once");
+    let first = String::from_utf8(first.unwrap().unwrap().to_vec()).unwrap();
+    assert!(first.contains("\"status\":\"sold_out\""), "the stream says so: {first}");
 }
 
 /// A two-seat hall sells both seats, then its organizer turns a room on: a
@@ -461,25 +443,13 @@ async fn a_retried_checkout_gets_its_stored_answer_after_the_token_has_expired(a
     let admitted = entry(&app, &fan, &event, &entry_id).await;
     let token = admitted["admission_token"].as_str().expect("admitted").to_owned();
     let hold = hold_with(&app, &fan, &event, "A1", Some(&token)).await.id();
-    let pay = |key: &'static str, admission: Option<&str>| {
-        let mut req = app
-            .client
-            .post(app.url(&format!("/v1/holds/{hold}/checkout")))
-            .bearer_auth(&fan)
-            .header("Idempotency-Key", key)
-            .json(&json!({"payment_method": "pm_card_visa"}));
-        if let Some(a) = admission {
-            req = req.header("Admission-Token", a);
-        }
-        async move { crate::helpers::reply(req.send().await.unwrap()).await }
-    };
-    let paid = pay("pay-1", Some(&token)).await;
+    let paid = checkout_with(&app, &fan, &hold, "pay-1", Some(&token)).await;
     assert_eq!(paid.body["status"], "confirmed", "{}", paid.body);
     app.clock.advance(Duration::from_secs(120 + 900 + 1)); // the token has expired
-    let replay = pay("pay-1", None).await;
+    let replay = checkout_with(&app, &fan, &hold, "pay-1", None).await;
     assert_eq!((replay.status, &replay.body), (paid.status, &paid.body), "the stored answer, without a token");
     assert_eq!(replay.headers["idempotent-replayed"], "true");
-    pay("pay-2", None).await.assert_problem(403, "not_admitted");
+    checkout_with(&app, &fan, &hold, "pay-2", None).await.assert_problem(403, "not_admitted");
 }
 
 /// Three nodes behind a load balancer share one queue in Redis: fans who

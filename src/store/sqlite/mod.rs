@@ -86,20 +86,21 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Process-wide SQLite settings, made once before the first connection:
-/// no memory-usage statistics. With them on, every allocation SQLite makes
-/// takes a global mutex to update its counters, and the writer allocates
-/// on every statement; nothing here reads those counters or sets a heap
-/// limit. If SQLite was already initialised (another library opened a
-/// connection first), the call is refused and the default stays: slower,
-/// never wrong.
-fn configure_library() {
+/// Process-wide SQLite settings, for a program to make at its start, before
+/// any thread uses SQLite (`sqlite3_config` is not thread-safe): no
+/// memory-usage statistics. With them on, every allocation SQLite makes
+/// takes a global mutex to update its counters, and the writer allocates on
+/// every statement; nothing here reads those counters or sets a heap limit.
+/// The `boxoffice` binary and the benchmark call it first thing; without
+/// it (tests, or a library user) SQLite keeps its default: slower, never
+/// wrong. Called again, or after SQLite has started, it changes nothing.
+pub fn configure_process() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int argument; sqlite3_config
-        // is documented to be callable before sqlite3_initialize (as here,
-        // ahead of this process's first connection) and returns SQLITE_MISUSE,
-        // changing nothing, once SQLite is initialised.
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int argument. The caller
+        // runs this before any other SQLite use in the process (see above);
+        // once SQLite is initialised the call returns SQLITE_MISUSE and
+        // changes nothing.
         let rc = unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
         if rc != rusqlite::ffi::SQLITE_OK {
             tracing::debug!(rc, "SQLite was already initialised; memory statistics stay on");
@@ -110,7 +111,6 @@ fn configure_library() {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, sync: Synchronous) -> anyhow::Result<SqliteStore> {
-        configure_library();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
         }
