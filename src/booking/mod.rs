@@ -131,7 +131,6 @@ impl BookingService {
             Ok(Ok(Placed { hold, reclaimed })) => {
                 metrics::counter!("boxoffice_holds_placed_total").increment(1);
                 if !reclaimed.is_empty() {
-                    metrics::counter!("boxoffice_holds_expired_total").increment(reclaimed.len() as u64);
                     self.forget_expired(reclaimed).await;
                 }
                 self.feed.publish(
@@ -184,9 +183,11 @@ impl BookingService {
         Ok(outcome)
     }
 
-    /// Drops fast-path locks for holds the sweeper ended and tells the
+    /// For lapsed holds that were ended (by the sweeper, or taken back by a
+    /// GA hold): counts them, drops their fast-path locks and tells the
     /// seat-map stream.
     pub async fn forget_expired(&self, expired: &[ExpiredHold]) {
+        metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
         // One lock release and one seat-feed message per event, not per
         // hold: a sweep ends hundreds of holds at once.
         #[derive(Default)]

@@ -39,7 +39,6 @@ pub async fn run_once(booking: &BookingService, queue: &QueueService) -> anyhow:
         booking.forget_expired(&expired).await;
         queue.holds_ended(&expired).await;
         report.expired += expired.len();
-        metrics::counter!("boxoffice_holds_expired_total").increment(expired.len() as u64);
         if expired.len() < BATCH as usize {
             break;
         }

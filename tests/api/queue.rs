@@ -66,6 +66,18 @@ async fn join(app: &TestApp, token: &str, event: &str) -> Reply {
     app.post(&format!("/v1/events/{event}/queue"), Some(token), json!({})).await
 }
 
+/// `n` fans, each signed in and joined once (201): (session token, entry id).
+async fn join_fans(app: &TestApp, event: &str, n: u32) -> Vec<(String, String)> {
+    let mut fans = Vec::new();
+    for i in 0..n {
+        let token = app.customer(&format!("fan{i}@example.com")).await;
+        let e = join(app, &token, event).await;
+        assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
+        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
+    }
+    fans
+}
+
 async fn entry(app: &TestApp, token: &str, event: &str, entry_id: &str) -> Value {
     let r = app.get(&format!("/v1/events/{event}/queue/{entry_id}"), Some(token)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -120,12 +132,7 @@ async fn one_place_per_fan_and_the_prequeue_waits_for_the_draw(app: TestApp) {
 
 async fn fans_are_let_in_at_the_rate_and_only_their_own_token_admits_them(app: TestApp) {
     let event = queued_event(&app, 100).await;
-    let mut fans = Vec::new();
-    for i in 0..5 {
-        let token = app.customer(&format!("fan{i}@example.com")).await;
-        let e = join(&app, &token, &event).await;
-        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
-    }
+    let fans = join_fans(&app, &event, 5).await;
     let overview = app.get(&format!("/v1/events/{event}/queue"), Some(ADMIN_TOKEN)).await;
     let commitment = overview.body["draw_commitment"].as_str().unwrap().to_owned();
     assert_eq!(overview.body["draw_key"], Value::Null, "the key stays secret until the draw");
@@ -214,13 +221,7 @@ async fn a_live_change_of_pace_keeps_the_room_on_and_admits_at_the_new_rate(app:
     assert_eq!(faster.body["waiting_room"]["admission_rate_per_minute"], 600);
     assert_eq!(faster.body["waiting_room"]["max_active_shoppers"], 100, "unnamed settings keep their values");
 
-    let mut fans = Vec::new();
-    for i in 0..20 {
-        let token = app.customer(&format!("fan{i}@example.com")).await;
-        let e = join(&app, &token, &event).await;
-        assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
-        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
-    }
+    let fans = join_fans(&app, &event, 20).await;
     app.clock.advance(Duration::from_secs(1));
     let mut admitted = 0;
     for (token, entry_id) in &fans {
@@ -254,12 +255,7 @@ async fn shoppers_and_one_waiting(app: &TestApp, max_active: u32) -> (String, Ve
             }
         }))
         .await;
-    let mut fans = Vec::new();
-    for i in 0..=max_active {
-        let token = app.customer(&format!("fan{i}@example.com")).await;
-        let e = join(app, &token, &event).await;
-        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
-    }
+    let fans = join_fans(app, &event, max_active + 1).await;
     app.clock.advance(Duration::from_secs(102));
     let (mut shoppers, mut waiting) = (Vec::new(), None);
     for (token, entry_id) in &fans {
@@ -337,13 +333,7 @@ async fn a_fan_still_waiting_when_the_event_sells_out_is_told_so(app: TestApp) {
             }),
         )
         .await;
-    let mut fans = Vec::new();
-    for i in 0..3 {
-        let token = app.customer(&format!("fan{i}@example.com")).await;
-        let e = join(&app, &token, &event).await;
-        assert_eq!(e.status, StatusCode::CREATED, "{}", e.body);
-        fans.push((token, e.body["entry_id"].as_str().unwrap().to_owned()));
-    }
+    let fans = join_fans(&app, &event, 3).await;
     app.clock.advance(Duration::from_secs(102));
     // Each fan's place, from the published draw (asking a waiting fan
     // before the sale would make this node count early).
